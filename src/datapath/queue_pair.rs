@@ -1,0 +1,296 @@
+//! The worker of one queue pair: TX from the guest out to the attachment, RX from the egress
+//! queue (or the port's tap queue) into the guest.
+//!
+//! Each pair has its own worker thread (see `device::backend`), so this code runs without any
+//! lock shared with other pairs. Interrupts are raised once per batch and only when the guest
+//! asked for them (`needs_notification`, which honours EVENT_IDX and NO_INTERRUPT).
+
+use std::sync::Arc;
+
+use vhost_user_backend::{VringState, VringT};
+use virtio_queue::QueueT;
+
+use super::frame::{Frame, FramePool};
+use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
+use super::net_header::{NetHeader, HEADER_LEN};
+use super::steering::flow_hash;
+use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
+use crate::net::{Attachment, ForwardScratch};
+use crate::port::Port;
+use crate::stats::{add, DropReason, PairCounters};
+use crate::warn_ratelimited;
+
+/// What the frontend negotiated that the datapath needs, fixed for a pass over a queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Negotiated {
+    /// virtio-net header length on the rings: 12 with VERSION_1 or MRG_RXBUF, else 10.
+    pub hdr_len: usize,
+    pub mrg_rxbuf: bool,
+    /// Longest Ethernet frame accepted from or delivered to the guest.
+    pub max_frame: usize,
+}
+
+/// Whether the worker should watch the port's tap queue (it stops while the guest has no RX
+/// buffers, so a readable tap does not spin the worker).
+pub trait TapWatch {
+    fn watch_tap(&self, pair: usize, on: bool);
+}
+
+pub struct QueuePair {
+    pub index: usize,
+    port: Arc<Port>,
+    attachment: Attachment,
+    pool: Arc<FramePool>,
+    tx_batch: Vec<Frame>,
+    forward: ForwardScratch,
+    /// A frame taken for RX that did not fit yet; offered again first.
+    rx_pending: Option<Frame>,
+    rx_scratch: RxScratch,
+    rx_used: Vec<(u16, u32)>,
+    tap_watched: bool,
+}
+
+impl QueuePair {
+    pub fn new(
+        index: usize,
+        port: Arc<Port>,
+        attachment: Attachment,
+        pool: Arc<FramePool>,
+    ) -> Self {
+        QueuePair {
+            index,
+            port,
+            attachment,
+            pool,
+            tx_batch: Vec::with_capacity(BATCH),
+            forward: ForwardScratch::default(),
+            rx_pending: None,
+            rx_scratch: RxScratch::default(),
+            rx_used: Vec::with_capacity(8),
+            tap_watched: false,
+        }
+    }
+
+    fn counters(&self) -> &PairCounters {
+        self.port.counters.pair(self.index)
+    }
+
+    /// Takes every frame the guest made available on the TX queue, in batches, and hands each
+    /// batch to the attachment. Every chain goes back on the used ring, dropped or not.
+    pub fn process_tx(&mut self, vring: &Vring, mem: &GuestMem, neg: &Negotiated) {
+        loop {
+            let more = {
+                let mut state = vring.get_mut();
+                if !(state.get_queue().ready() && state.is_enabled()) {
+                    return;
+                }
+                let _ = state.disable_notification();
+                let mut taken = 0;
+                while taken < BATCH {
+                    let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem) else {
+                        break;
+                    };
+                    let head = chain.head_index();
+                    let mut frame = self.pool.get();
+                    let mut hdr = [0u8; HEADER_LEN];
+                    let result = read_tx_chain(
+                        chain,
+                        mem,
+                        neg.hdr_len,
+                        neg.max_frame,
+                        &mut hdr,
+                        &mut frame.data,
+                    )
+                    .and_then(|()| {
+                        let header = NetHeader::from_bytes(&hdr);
+                        if header.is_plain() {
+                            Ok(())
+                        } else {
+                            Err(DropReason::TxBadHeader)
+                        }
+                    });
+                    match result {
+                        Ok(()) => {
+                            let c = self.port.counters.pair(self.index);
+                            add(&c.tx_packets, 1);
+                            add(&c.tx_bytes, frame.data.len() as u64);
+                            frame.flow_hash = flow_hash(&frame.data);
+                            self.tx_batch.push(frame);
+                        }
+                        Err(reason) => {
+                            self.counters().drop(reason);
+                            warn_ratelimited!(
+                                "port {} queue {}: dropped a TX frame: {}",
+                                self.port.name,
+                                self.index,
+                                reason.name()
+                            );
+                            self.pool.put(frame);
+                        }
+                    }
+                    if let Err(e) = state.add_used(head, 0) {
+                        warn_ratelimited!("port {}: TX add_used failed: {e}", self.port.name);
+                    }
+                    taken += 1;
+                }
+                if taken > 0 && state.needs_notification().unwrap_or(true) {
+                    let _ = state.signal_used_queue();
+                    add(&self.counters().tx_interrupts, 1);
+                }
+                // A full batch: look again. Otherwise re-enable kicks; if buffers arrived
+                // meanwhile (EVENT_IDX race), look again too.
+                taken == BATCH || state.enable_notification().unwrap_or(false)
+            };
+            if !self.tx_batch.is_empty() {
+                self.attachment.transmit(
+                    &self.port,
+                    self.index,
+                    &mut self.tx_batch,
+                    &self.pool,
+                    &mut self.forward,
+                );
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Moves waiting frames into the guest's RX buffers until either runs out.
+    pub fn process_rx(
+        &mut self,
+        vring: &Vring,
+        mem: &GuestMem,
+        neg: &Negotiated,
+        tap_watch: &dyn TapWatch,
+    ) {
+        let mut state = vring.get_mut();
+        if !(state.get_queue().ready() && state.is_enabled()) {
+            drop(state);
+            self.on_rx_disabled(tap_watch);
+            return;
+        }
+        self.port.set_rx_enabled(self.index, true);
+        self.port.egress[self.index].ack_wake();
+        if self.port.tap.is_some() && !self.tap_watched {
+            tap_watch.watch_tap(self.index, true);
+            self.tap_watched = true;
+        }
+        let _ = state.disable_notification();
+        let mut unsignalled = 0;
+        while let Some(mut frame) = self.next_rx_frame(neg) {
+            let mut hdr = frame.header.to_bytes();
+            let outcome = deliver_frame(
+                state.get_queue_mut(),
+                mem,
+                &mut hdr,
+                neg.hdr_len,
+                neg.mrg_rxbuf,
+                &frame.data,
+                &mut self.rx_scratch,
+                &mut self.rx_used,
+            );
+            match outcome {
+                RxOutcome::Delivered => {
+                    let c = self.port.counters.pair(self.index);
+                    add(&c.rx_packets, 1);
+                    add(&c.rx_bytes, frame.data.len() as u64);
+                    self.pool.put(frame);
+                    unsignalled += 1;
+                    if unsignalled >= BATCH {
+                        self.signal_rx(&mut state);
+                        unsignalled = 0;
+                    }
+                }
+                RxOutcome::Dropped(reason) => {
+                    self.counters().drop(reason);
+                    warn_ratelimited!(
+                        "port {} queue {}: dropped an RX frame: {}",
+                        self.port.name,
+                        self.index,
+                        reason.name()
+                    );
+                    frame.data.clear();
+                    self.pool.put(frame);
+                }
+                RxOutcome::NoBuffers => {
+                    self.rx_pending = Some(frame);
+                    // Ask for a kick when buffers come; if some came meanwhile, go on.
+                    if state.enable_notification().unwrap_or(false) {
+                        let _ = state.disable_notification();
+                        continue;
+                    }
+                    if self.tap_watched {
+                        tap_watch.watch_tap(self.index, false);
+                        self.tap_watched = false;
+                    }
+                    break;
+                }
+            }
+        }
+        if unsignalled > 0 {
+            self.signal_rx(&mut state);
+        }
+    }
+
+    /// Raises the RX interrupt if the guest wants one for what was just published.
+    fn signal_rx(&self, state: &mut VringState<GuestMemAtomic>) {
+        if state.needs_notification().unwrap_or(true) {
+            let _ = state.signal_used_queue();
+            add(&self.counters().rx_interrupts, 1);
+        }
+    }
+
+    fn next_rx_frame(&mut self, neg: &Negotiated) -> Option<Frame> {
+        if let Some(f) = self.rx_pending.take() {
+            return Some(f);
+        }
+        if let Some(f) = self.port.egress[self.index].pop() {
+            return Some(f);
+        }
+        let tap = self.port.tap.as_ref()?;
+        let mut frame = self.pool.get();
+        match tap.read_frame(self.index, &mut frame, neg.max_frame) {
+            Ok(true) => Some(frame),
+            Ok(false) => {
+                self.pool.put(frame);
+                None
+            }
+            Err(e) => {
+                warn_ratelimited!("port {}: tap read failed: {e}", self.port.name);
+                self.pool.put(frame);
+                None
+            }
+        }
+    }
+
+    /// The RX queue is not usable (disabled, reset, or not set up yet): stop steering to it
+    /// and hand what waits for it to the port's other RX queues.
+    fn on_rx_disabled(&mut self, tap_watch: &dyn TapWatch) {
+        self.port.set_rx_enabled(self.index, false);
+        if self.tap_watched {
+            tap_watch.watch_tap(self.index, false);
+            self.tap_watched = false;
+        }
+        let egress = &self.port.egress[self.index];
+        egress.ack_wake();
+        let mut wake = 0u32;
+        let frames = self
+            .rx_pending
+            .take()
+            .into_iter()
+            .chain(std::iter::from_fn(|| egress.pop()));
+        for frame in frames {
+            if self.port.rx_enabled_mask() == 0 {
+                self.port
+                    .counters
+                    .pair(self.index)
+                    .drop(DropReason::QueueDisabled);
+                self.pool.put(frame);
+            } else {
+                self.port.enqueue(frame, &self.pool, &mut wake);
+            }
+        }
+        self.port.wake(wake);
+    }
+}

@@ -1,0 +1,246 @@
+//! The `VhostUserBackend` of one frontend connection to a port.
+//!
+//! One worker thread per queue pair (`queues_per_thread`), each owning that pair's RX and TX
+//! rings and its [`QueuePair`] state, so pairs run in parallel with no shared lock. Besides the
+//! two kick eventfds, each worker's epoll watches its pair's egress-queue eventfd and, for a tap
+//! port, its tap queue while the guest has RX buffers.
+//!
+//! A backend lives for one connection; the [`Port`] it serves outlives it.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use vm_memory::GuestAddressSpace;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::{config_space, features};
+use crate::datapath::frame::FramePool;
+use crate::datapath::net_header::{HEADER_LEN, LEGACY_HEADER_LEN};
+use crate::datapath::queue_pair::{Negotiated, QueuePair, TapWatch};
+use crate::datapath::{GuestMemAtomic, Vring};
+use crate::net::Attachment;
+use crate::port::Port;
+use crate::stats::add;
+
+/// Largest ring size accepted (QEMU allows up to 1024 for virtio-net).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Room for link-layer headers beyond the MTU: Ethernet plus two VLAN tags.
+pub const L2_OVERHEAD: usize = 14 + 8;
+
+/// Index of the RX and TX ring among a worker's two vrings.
+const RX: u16 = 0;
+const TX: u16 = 1;
+
+#[derive(Clone)]
+pub struct PortBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    port: Arc<Port>,
+    mem: GuestMemAtomic,
+    acked: AtomicU64,
+    pairs: Vec<Mutex<QueuePair>>,
+    /// The worker of each pair, to (un)register its tap queue. Weak: workers own backends.
+    workers: OnceLock<Vec<Weak<VringEpollHandler<PortBackend>>>>,
+}
+
+impl PortBackend {
+    pub fn new(
+        port: Arc<Port>,
+        attachment: Attachment,
+        pool: Arc<FramePool>,
+        mem: GuestMemAtomic,
+    ) -> Self {
+        let pairs = (0..port.queue_pairs())
+            .map(|i| {
+                Mutex::new(QueuePair::new(
+                    i,
+                    port.clone(),
+                    attachment.clone(),
+                    pool.clone(),
+                ))
+            })
+            .collect();
+        PortBackend {
+            inner: Arc::new(Inner {
+                port,
+                mem,
+                acked: AtomicU64::new(0),
+                pairs,
+                workers: OnceLock::new(),
+            }),
+        }
+    }
+
+    fn egress_token(&self) -> u64 {
+        self.num_queues() as u64 + 1
+    }
+
+    fn tap_token(&self) -> u64 {
+        self.num_queues() as u64 + 2
+    }
+
+    /// Registers each pair's egress eventfd with its worker. Call once, before accepting.
+    pub fn attach_workers(
+        &self,
+        workers: Vec<Arc<VringEpollHandler<PortBackend>>>,
+    ) -> io::Result<()> {
+        for (pair, worker) in workers.iter().enumerate() {
+            let fd = self.inner.port.egress[pair].wake_fd();
+            worker.register_listener(fd, EventSet::IN, self.egress_token())?;
+        }
+        let _ = self
+            .inner
+            .workers
+            .set(workers.iter().map(Arc::downgrade).collect());
+        Ok(())
+    }
+
+    fn negotiated(&self) -> Negotiated {
+        let acked = self.inner.acked.load(Ordering::Acquire);
+        let mrg_rxbuf = features::has(acked, VIRTIO_NET_F_MRG_RXBUF);
+        let hdr_len = if mrg_rxbuf || features::has(acked, VIRTIO_F_VERSION_1) {
+            HEADER_LEN
+        } else {
+            LEGACY_HEADER_LEN
+        };
+        Negotiated {
+            hdr_len,
+            mrg_rxbuf,
+            max_frame: self.inner.port.config.mtu as usize + L2_OVERHEAD,
+        }
+    }
+}
+
+impl TapWatch for PortBackend {
+    fn watch_tap(&self, pair: usize, on: bool) {
+        let Some(tap) = self.inner.port.tap.as_ref() else {
+            return;
+        };
+        let worker = self
+            .inner
+            .workers
+            .get()
+            .and_then(|w| w.get(pair))
+            .and_then(Weak::upgrade);
+        if let Some(worker) = worker {
+            let fd = tap.queue_fd(pair);
+            let result = if on {
+                worker.register_listener(fd, EventSet::IN, self.tap_token())
+            } else {
+                worker.unregister_listener(fd, EventSet::IN, self.tap_token())
+            };
+            if let Err(e) = result {
+                log::warn!(
+                    "port {}: tap queue {pair} watch={on}: {e}",
+                    self.inner.port.name
+                );
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for PortBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        2 * self.inner.port.queue_pairs()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        features::OFFERED
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.inner.acked.store(features, Ordering::Release);
+        self.inner.port.set_features(features);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        features::protocol_features()
+    }
+
+    fn reset_device(&self) {
+        for pair in 0..self.inner.port.queue_pairs() {
+            self.inner.port.set_rx_enabled(pair, false);
+        }
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The vrings themselves apply EVENT_IDX (vhost-user-backend sets it on each queue).
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let port = &self.inner.port;
+        let space = config_space::config_bytes(&port.config, port.is_connected());
+        config_space::read(&space, offset, size)
+    }
+
+    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
+        // The handler updates the same GuestMemoryAtomic we were created with.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.inner.port.queue_pairs())
+            .map(|pair| 0b11u64 << (2 * pair))
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the ring stops now; stop steering frames to it.
+        if queue_index.is_multiple_of(2) {
+            let pair = (queue_index / 2) as usize;
+            if pair < self.inner.port.queue_pairs() {
+                self.inner.port.set_rx_enabled(pair, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(pair), [rx, tx]) = (self.inner.pairs.get(thread_id), vrings) else {
+            return Ok(());
+        };
+        let mut pair = pair.lock().unwrap_or_else(|e| e.into_inner());
+        let mem = self.inner.mem.memory();
+        let neg = self.negotiated();
+        let counters = self.inner.port.counters.pair(thread_id);
+        let token = device_event as u64;
+        if device_event == RX {
+            add(&counters.rx_kicks, 1);
+            pair.process_rx(rx, &mem, &neg, self);
+        } else if device_event == TX {
+            add(&counters.tx_kicks, 1);
+            pair.process_tx(tx, &mem, &neg);
+        } else if token == self.egress_token() || token == self.tap_token() {
+            pair.process_rx(rx, &mem, &neg, self);
+        }
+        // Never an error: an error would stop this worker for good.
+        Ok(())
+    }
+}

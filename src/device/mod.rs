@@ -1,0 +1,11 @@
+//! The vhost-user side of a port.
+//!
+//! - [`features`]: the virtio feature bits vnic offers and their names.
+//! - [`config_space`]: the virtio-net configuration space (MAC, status, MTU, speed, ...).
+//! - [`backend`]: the `VhostUserBackend` of one connection: one worker thread per queue pair.
+//! - [`server`]: a port's accept loop: a fresh backend per frontend connection, reconnects.
+
+pub mod backend;
+pub mod config_space;
+pub mod features;
+pub mod server;

@@ -1,0 +1,58 @@
+//! A port's accept loop: serve one frontend at a time on the port's socket, and after it goes
+//! away (QEMU quits, crashes, or reconnects) start over with fresh per-connection state.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+
+use super::backend::PortBackend;
+use crate::datapath::frame::FramePool;
+use crate::datapath::{GuestMem, GuestMemAtomic};
+use crate::net::Attachment;
+use crate::port::Port;
+
+/// Serves `port` on `listener` forever.
+pub fn serve_port(
+    port: Arc<Port>,
+    attachment: Attachment,
+    pool: Arc<FramePool>,
+    mut listener: Listener,
+) {
+    loop {
+        let mem = GuestMemAtomic::new(GuestMem::new());
+        let backend = PortBackend::new(port.clone(), attachment.clone(), pool.clone(), mem.clone());
+        let mut daemon =
+            match VhostUserDaemon::new(format!("vnic-{}", port.name), backend.clone(), mem) {
+                Ok(d) => d,
+                Err(e) => {
+                    log::error!("port {}: cannot start workers: {e}", port.name);
+                    thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+        if let Err(e) = backend.attach_workers(daemon.get_epoll_handlers()) {
+            log::error!("port {}: cannot watch egress queues: {e}", port.name);
+            thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        if let Err(e) = daemon.start(&mut listener) {
+            log::warn!("port {}: accept failed: {e}", port.name);
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        port.on_connect();
+        log::info!("port {}: frontend connected", port.name);
+        let result = daemon.wait();
+        // Dropping the daemon stops and joins the workers before the port is reset.
+        drop(daemon);
+        drop(backend);
+        port.on_disconnect(&pool);
+        match result {
+            Ok(()) => log::info!("port {}: frontend disconnected", port.name),
+            Err(e) => log::warn!("port {}: frontend connection ended: {e}", port.name),
+        }
+    }
+}

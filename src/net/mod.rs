@@ -1,0 +1,58 @@
+//! What a port is attached to: where the frames its guest sends go.
+//!
+//! - [`switch`]: the built-in L2 learning switch shared by every `attach=switch` port.
+//! - [`tap`]: a host tap device, one tap queue per queue pair.
+
+pub mod switch;
+pub mod tap;
+
+use std::sync::Arc;
+
+use crate::datapath::frame::{Frame, FramePool};
+use crate::port::Port;
+use crate::stats::DropReason;
+
+pub use switch::{ForwardScratch, Switch};
+
+/// Where a port's transmitted frames go.
+#[derive(Clone)]
+pub enum Attachment {
+    Switch(Arc<Switch>),
+    /// The port's own tap (`Port::tap`); queue pair `i` writes to tap queue `i`.
+    Tap,
+}
+
+impl Attachment {
+    /// Sends a batch the guest transmitted on queue pair `pair` of `port`. Empties `batch`;
+    /// every frame ends up delivered, queued, or dropped and counted, and back in `pool`.
+    pub fn transmit(
+        &self,
+        port: &Port,
+        pair: usize,
+        batch: &mut Vec<Frame>,
+        pool: &FramePool,
+        scratch: &mut ForwardScratch,
+    ) {
+        match self {
+            Attachment::Switch(sw) => sw.forward(port, pair, batch, pool, scratch),
+            Attachment::Tap => {
+                let counters = port.counters.pair(pair);
+                for frame in batch.drain(..) {
+                    let sent = port
+                        .tap
+                        .as_ref()
+                        .map(|tap| tap.write_frame(pair, &frame.data));
+                    match sent {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            counters.drop(DropReason::TapError);
+                            crate::warn_ratelimited!("port {}: tap write failed: {e}", port.name);
+                        }
+                        None => counters.drop(DropReason::TapError),
+                    }
+                    pool.put(frame);
+                }
+            }
+        }
+    }
+}
