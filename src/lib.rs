@@ -20,4 +20,4 @@ pub mod net;
 pub mod port;
 pub mod ratelimit;
 pub mod stats;
-// pub mod testdriver; (pending)
+pub mod testdriver;

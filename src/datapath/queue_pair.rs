@@ -7,8 +7,14 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{fence, Ordering};
 use vhost_user_backend::{VringState, VringT};
-use virtio_queue::QueueT;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+/// `VRING_AVAIL_F_NO_INTERRUPT`: the driver asks for no interrupts (without EVENT_IDX).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 use super::frame::{Frame, FramePool};
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
@@ -19,6 +25,21 @@ use crate::net::{Attachment, ForwardScratch};
 use crate::port::Port;
 use crate::stats::{add, DropReason, PairCounters};
 use crate::warn_ratelimited;
+
+/// Whether the guest wants an interrupt for the entries added to the used ring since the last
+/// call: EVENT_IDX's `used_event` when negotiated, else the avail ring's NO_INTERRUPT flag
+/// (virtio-queue's `needs_notification` ignores that flag).
+pub fn guest_wants_interrupt(queue: &mut Queue, mem: &GuestMem) -> bool {
+    if queue.event_idx_enabled() {
+        return queue.needs_notification(mem).unwrap_or(true);
+    }
+    // Order our used-ring writes before reading the driver's flag.
+    fence(Ordering::SeqCst);
+    let flags: u16 = mem
+        .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
+        .unwrap_or(0);
+    u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
+}
 
 /// What the frontend negotiated that the datapath needs, fixed for a pass over a queue.
 #[derive(Clone, Copy, Debug)]
@@ -133,7 +154,7 @@ impl QueuePair {
                     }
                     taken += 1;
                 }
-                if taken > 0 && state.needs_notification().unwrap_or(true) {
+                if taken > 0 && guest_wants_interrupt(state.get_queue_mut(), mem) {
                     let _ = state.signal_used_queue();
                     add(&self.counters().tx_interrupts, 1);
                 }
@@ -198,7 +219,7 @@ impl QueuePair {
                     self.pool.put(frame);
                     unsignalled += 1;
                     if unsignalled >= BATCH {
-                        self.signal_rx(&mut state);
+                        self.signal_rx(&mut state, mem);
                         unsignalled = 0;
                     }
                 }
@@ -229,13 +250,13 @@ impl QueuePair {
             }
         }
         if unsignalled > 0 {
-            self.signal_rx(&mut state);
+            self.signal_rx(&mut state, mem);
         }
     }
 
     /// Raises the RX interrupt if the guest wants one for what was just published.
-    fn signal_rx(&self, state: &mut VringState<GuestMemAtomic>) {
-        if state.needs_notification().unwrap_or(true) {
+    fn signal_rx(&self, state: &mut VringState<GuestMemAtomic>, mem: &GuestMem) {
+        if guest_wants_interrupt(state.get_queue_mut(), mem) {
             let _ = state.signal_used_queue();
             add(&self.counters().rx_interrupts, 1);
         }

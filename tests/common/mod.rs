@@ -1,0 +1,144 @@
+//! Shared set-up for the integration tests: an in-process vnic daemon on sockets in a fresh
+//! directory, plus frame builders.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use etherparse::PacketBuilder;
+use vnic::cli::{PortConfig, ServeArgs};
+use vnic::daemon::{self, Running};
+use vnic::stats::{PortSnapshot, StatsSnapshot};
+use vnic::testdriver::{GuestOptions, TestGuest};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+pub const BCAST: [u8; 6] = [0xff; 6];
+/// IEEE "local experimental" EtherType: no host stack reacts to it.
+pub const ETH_TEST: u16 = 0x88b5;
+
+/// A running in-process daemon whose ports are named p0.sock, p1.sock, ...
+pub struct Net {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a daemon with one port per entry of `ports` (extra port keys, without socket=).
+pub fn start(ports: &[&str]) -> Net {
+    try_start(ports).expect("daemon must start")
+}
+
+pub fn try_start(ports: &[&str]) -> anyhow::Result<Net> {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = ports
+        .iter()
+        .enumerate()
+        .map(|(i, extra)| {
+            let sock = dir.path().join(format!("p{i}.sock"));
+            let spec = if extra.is_empty() {
+                format!("socket={}", sock.display())
+            } else {
+                format!("socket={},{extra}", sock.display())
+            };
+            spec.parse::<PortConfig>().map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let args = ServeArgs {
+        ports,
+        control: Some(dir.path().join("control.sock")),
+        mac_aging: 300,
+    };
+    let running = daemon::start(&args)?;
+    Ok(Net { running, dir })
+}
+
+impl Net {
+    pub fn socket(&self, port: usize) -> PathBuf {
+        self.dir.path().join(format!("p{port}.sock"))
+    }
+
+    /// Connects a test guest and waits until the device has seen its enabled RX queues, as a
+    /// guest waits for link-up before it counts on traffic.
+    pub fn connect(&self, port: usize, opts: GuestOptions) -> TestGuest {
+        let enabled = opts.enabled_pairs as usize;
+        let posts_rx = opts.rx_buffers > 0;
+        let g = TestGuest::connect(self.socket(port), opts).expect("frontend must connect");
+        if posts_rx {
+            self.wait_stats("RX queues enabled", |s| {
+                s.ports[port].link_up && s.ports[port].queues[..enabled].iter().all(|q| q.enabled)
+            });
+        }
+        g
+    }
+
+    /// Counters as `vnic stats --json` sees them, through the control socket.
+    pub fn stats(&self) -> StatsSnapshot {
+        vnic::control::query_stats(&self.running.control_path).expect("stats")
+    }
+
+    pub fn port_stats(&self, port: usize) -> PortSnapshot {
+        self.stats().ports[port].clone()
+    }
+
+    /// Sum of one drop reason over a port's queue pairs.
+    pub fn drops(&self, port: usize, reason: &str) -> u64 {
+        self.port_stats(port).total_drops()[reason]
+    }
+
+    /// Waits until `cond` holds on the stats, or panics with `what`.
+    pub fn wait_stats(&self, what: &str, cond: impl Fn(&StatsSnapshot) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.stats();
+            if cond(&s) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; stats: {s:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A raw Ethernet frame with the test EtherType, `len` bytes long, payload tagged by `seq`.
+pub fn frame(dst: [u8; 6], src: [u8; 6], len: usize, seq: u32) -> Vec<u8> {
+    assert!(len >= 18);
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETH_TEST.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    while f.len() < len {
+        f.push((f.len() as u32 ^ seq) as u8);
+    }
+    f
+}
+
+/// The `seq` tag of a frame built by [`frame`].
+pub fn seq_of(f: &[u8]) -> u32 {
+    u32::from_be_bytes(f[14..18].try_into().unwrap())
+}
+
+/// A UDP/IPv4 frame of flow `sport -> 9`, `payload` bytes of payload.
+pub fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16, payload: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(sport, 9);
+    let mut v = Vec::new();
+    b.write(&mut v, &vec![0xab; payload]).unwrap();
+    v
+}
+
+pub fn mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, n]
+}
+
+/// Makes the switch learn `guest`'s MAC on its port by sending one broadcast from it, and
+/// drains that broadcast from every other guest in `others`.
+pub fn announce(guest: &mut TestGuest, src: [u8; 6], others: &mut [&mut TestGuest]) {
+    guest.send(0, &[&frame(BCAST, src, 60, u32::MAX)]).unwrap();
+    for o in others.iter_mut() {
+        let got = o.recv_wait(0, 1, WAIT);
+        assert_eq!(got.len(), 1, "announcement must flood");
+    }
+}
