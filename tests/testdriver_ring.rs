@@ -24,6 +24,9 @@ use vnic::testdriver::{
 // Ring level: driver rings + virtio_queue::Queue over the same memory
 // ---------------------------------------------------------------------------------------------
 
+/// A popped chain: head and (addr, len, writable) per descriptor.
+type Chain = (u16, Vec<(u64, u32, bool)>);
+
 struct Bench {
     ram: Arc<GuestRam>,
     mem: GuestMemoryMmap,
@@ -56,7 +59,7 @@ impl Bench {
     }
 
     /// Pops one chain: (head, [(addr, len, writable)]).
-    fn pop(&self, dq: &mut Queue) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+    fn pop(&self, dq: &mut Queue) -> Option<Chain> {
         let chain = dq.pop_descriptor_chain(&self.mem)?;
         let head = chain.head_index();
         let descs = chain
@@ -663,7 +666,7 @@ mod echo {
         fn set_event_idx(&self, _enabled: bool) {}
 
         fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-            let mut c = vec![0u8; 24];
+            let mut c = [0u8; 24];
             c[0..6].copy_from_slice(&MAC);
             c[6..8].copy_from_slice(&1u16.to_le_bytes());
             c[8..10].copy_from_slice(&(self.pairs as u16).to_le_bytes());
@@ -846,7 +849,8 @@ fn echo_on_every_pair_with_nonzero_gpa_base() {
         gpa_base: 0x7f00_0000_0000,
         queue_size: 128,
         rx_buffers: 128,
-        ..GuestOptions::with_pairs(3)
+        queue_pairs: 3, // every pair is enabled by default
+        ..GuestOptions::default()
     };
     let mut g = TestGuest::connect(&dev.path, opts).unwrap();
     for pair in 0..3u16 {
@@ -991,5 +995,55 @@ fn mergeable_frame_waits_for_enough_rx_buffers() {
     assert_eq!(got[0].num_buffers, 3);
     assert_eq!(got[0].data, f);
     g.disconnect();
+    dev.join();
+}
+
+#[test]
+fn legacy_header_without_version_1() {
+    let dev = EchoDevice::start(1);
+    let opts = GuestOptions {
+        features: Some(VIRTIO_NET_F_MAC | VIRTIO_NET_F_MQ | VHOST_USER_F_PROTOCOL_FEATURES),
+        ..GuestOptions::default()
+    };
+    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    assert_eq!(g.hdr_len(), 10);
+    let frames: Vec<Vec<u8>> = (0..50).map(|i| pattern(200 + i, i as u8)).collect();
+    roundtrip(&mut g, 0, &frames);
+    g.disconnect();
+    dev.join();
+}
+
+#[test]
+fn pairs_can_be_driven_from_their_own_threads() {
+    let dev = EchoDevice::start(2);
+    let g = TestGuest::connect(&dev.path, GuestOptions::with_pairs(2)).unwrap();
+    let (frontend, _ram, pairs) = g.into_parts();
+    let workers: Vec<_> = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(p, (mut rx, mut tx))| {
+            thread::spawn(move || {
+                let frames: Vec<Vec<u8>> =
+                    (0..1000).map(|i| pattern(64 + i % 700, p as u8)).collect();
+                let mut got = Vec::new();
+                let mut sent = 0;
+                while sent < frames.len() {
+                    let refs: Vec<&[u8]> = frames[sent..(sent + 64).min(frames.len())]
+                        .iter()
+                        .map(|f| f.as_slice())
+                        .collect();
+                    sent += tx.send(&refs).unwrap();
+                    let want = sent - got.len();
+                    rx.recv_wait_into(&mut got, want, WAIT).unwrap();
+                }
+                assert_eq!(got.len(), frames.len());
+                assert!(got.iter().zip(&frames).all(|(g, f)| &g.data == f));
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    drop(frontend);
     dev.join();
 }

@@ -36,11 +36,16 @@ where
     let mut got_hdr = 0;
     let mut last_has_next = false;
     let mut descriptors = 0usize;
+    let mut oversize = false;
     for desc in chain {
         descriptors += 1;
         last_has_next = desc.has_next();
         if desc.is_write_only() {
             return Err(DropReason::TxBadDescriptor);
+        }
+        if oversize {
+            // Keep walking (reading nothing) to tell a long chain from a loop.
+            continue;
         }
         let mut addr = desc.addr();
         let mut len = desc.len() as usize;
@@ -59,7 +64,8 @@ where
         if len > 0 {
             let start = data.len();
             if start + len > max_frame {
-                return Err(DropReason::TxOversize);
+                oversize = true;
+                continue;
             }
             data.resize(start + len, 0);
             mem.read_slice(&mut data[start..], addr)
@@ -68,6 +74,9 @@ where
     }
     if descriptors == 0 || last_has_next {
         return Err(DropReason::TxBadDescriptor);
+    }
+    if oversize {
+        return Err(DropReason::TxOversize);
     }
     if got_hdr < hdr_len || data.len() < MIN_FRAME {
         return Err(DropReason::TxShortFrame);

@@ -40,7 +40,7 @@ unsafe impl Sync for GuestRam {}
 
 impl GuestRam {
     /// Creates `size` bytes of zeroed shared memory whose guest-physical addresses start at
-    /// `gpa_base`. `size` is rounded up to a whole page.
+    /// `gpa_base` (page-aligned). `size` is rounded up to a whole page.
     pub fn new(size: usize, gpa_base: u64) -> io::Result<GuestRam> {
         let page = 4096usize;
         let size = size
@@ -51,6 +51,12 @@ impl GuestRam {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "guest memory must be larger than one page",
+            ));
+        }
+        if !gpa_base.is_multiple_of(page as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "gpa_base must be page-aligned",
             ));
         }
         if gpa_base.checked_add(size as u64).is_none() {
@@ -123,7 +129,6 @@ impl GuestRam {
 
     /// Allocates `len` bytes aligned to `align` (a power of two, at least 1) and returns their
     /// guest-physical address, or `None` when memory is exhausted. Memory is never freed.
-    /// Alignment is relative to GPA 0, so `gpa_base` need not be aligned.
     pub fn alloc(&self, len: usize, align: usize) -> Option<u64> {
         let align = align.max(1);
         assert!(align.is_power_of_two(), "alignment must be a power of two");

@@ -88,7 +88,8 @@ pub const NET_CONFIG_LEN: u32 = 24;
 pub struct GuestOptions {
     /// Queue pairs to set up.
     pub queue_pairs: u16,
-    /// Pairs to `SET_VRING_ENABLE(1)` at connect (the first ones).
+    /// Pairs to `SET_VRING_ENABLE(1)` at connect (the first ones; capped at `queue_pairs`, so
+    /// the default, `u16::MAX`, enables every pair).
     pub enabled_pairs: u16,
     /// Entries per virtqueue.
     pub queue_size: u16,
@@ -102,7 +103,8 @@ pub struct GuestOptions {
     pub protocol_features: Option<u64>,
     /// Bytes per posted RX buffer, header included.
     pub rx_buffer_size: u32,
-    /// RX buffers posted per RX queue at connect.
+    /// RX buffers posted per RX queue at connect (capped at `queue_size`; the default,
+    /// `u16::MAX`, fills the ring).
     pub rx_buffers: u16,
     /// Bytes of preallocated TX buffer per descriptor (bigger frames grow their area once).
     pub tx_buffer_size: u32,
@@ -121,14 +123,14 @@ impl Default for GuestOptions {
     fn default() -> GuestOptions {
         GuestOptions {
             queue_pairs: 1,
-            enabled_pairs: 1,
+            enabled_pairs: u16::MAX,
             queue_size: 256,
             mem_size: 64 << 20,
             gpa_base: 0,
             features: None,
             protocol_features: None,
             rx_buffer_size: 2048,
-            rx_buffers: 256,
+            rx_buffers: u16::MAX,
             tx_buffer_size: 2048,
             tx_layout: TxLayout::COMBINED,
             kick_rx_on_connect: true,
@@ -139,7 +141,7 @@ impl Default for GuestOptions {
 }
 
 impl GuestOptions {
-    /// Defaults with `pairs` queue pairs, all enabled, and a full ring of RX buffers.
+    /// Defaults with `pairs` queue pairs, all enabled.
     pub fn with_pairs(pairs: u16) -> GuestOptions {
         GuestOptions {
             queue_pairs: pairs,
@@ -232,12 +234,6 @@ impl TestGuest {
     pub fn connect(socket: impl AsRef<Path>, opts: GuestOptions) -> io::Result<TestGuest> {
         if opts.queue_pairs == 0 {
             return Err(invalid("queue_pairs must be at least 1".into()));
-        }
-        if opts.enabled_pairs > opts.queue_pairs {
-            return Err(invalid(format!(
-                "enabled_pairs {} > queue_pairs {}",
-                opts.enabled_pairs, opts.queue_pairs
-            )));
         }
         let num_queues = 2 * opts.queue_pairs as u64;
         let stream = connect_retrying(socket.as_ref(), opts.connect_timeout)?;
@@ -342,7 +338,7 @@ impl TestGuest {
             guest.setup_vring(2 * p + 1)?;
         }
         if acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            for p in 0..opts.enabled_pairs {
+            for p in 0..opts.enabled_pairs.min(opts.queue_pairs) {
                 guest.set_pair_enabled(p, true)?;
             }
         }
@@ -551,21 +547,8 @@ impl TestGuest {
     /// Waits (on the TX call eventfd) until every TX frame of `pair` completed, reclaiming them.
     /// Returns whether that happened before `timeout`.
     pub fn tx_wait_idle(&mut self, pair: u16, timeout: Duration) -> io::Result<bool> {
-        let deadline = Instant::now() + timeout;
-        let tx = self.tx(pair);
-        loop {
-            tx.queue().poll_interrupts();
-            tx.reclaim();
-            if tx.in_flight() == 0 {
-                return Ok(true);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            let wait = wait_slice(tx.queue_ref(), deadline - now);
-            tx.queue().wait_interrupt(wait)?;
-        }
+        self.check_pair(pair)?;
+        self.tx(pair).wait_idle(timeout)
     }
 
     /// Collects the frames the device delivered on `pair` (non-blocking), merging `MRG_RXBUF`
@@ -584,26 +567,11 @@ impl TestGuest {
     /// suppressed interrupts on that queue), so a device that forgets to interrupt makes this
     /// time out.
     pub fn recv_wait(&mut self, pair: u16, count: usize, timeout: Duration) -> Vec<RxFrame> {
-        let deadline = Instant::now() + timeout;
-        let rx = self.rx(pair);
         let mut out = Vec::new();
-        loop {
-            // Drain the eventfd *before* looking at the ring: a signal for anything published
-            // after this point keeps the fd readable for the poll below.
-            rx.queue().poll_interrupts();
-            rx.recv_into(&mut out).expect("reposting RX buffers");
-            if out.len() >= count {
-                return out;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return out;
-            }
-            let wait = wait_slice(rx.queue_ref(), deadline - now);
-            rx.queue()
-                .wait_interrupt(wait)
-                .expect("poll on call eventfd");
-        }
+        self.rx(pair)
+            .recv_wait_into(&mut out, count, timeout)
+            .expect("reposting RX buffers / polling the call eventfd");
+        out
     }
 
     /// Total interrupts seen on queue `queue_index`'s call eventfd so far.
@@ -634,7 +602,7 @@ impl TestGuest {
     /// Raw access to virtqueue `queue_index` (RX of pair p = 2p, TX = 2p+1).
     pub fn queue(&mut self, queue_index: u16) -> &mut DriverQueue {
         let p = self.pair(queue_index / 2);
-        if queue_index % 2 == 0 {
+        if queue_index.is_multiple_of(2) {
             p.rx.queue()
         } else {
             p.tx.queue()
@@ -643,7 +611,7 @@ impl TestGuest {
 
     fn queue_ref(&self, queue_index: u16) -> &DriverQueue {
         let p = &self.pairs[queue_index as usize / 2];
-        if queue_index % 2 == 0 {
+        if queue_index.is_multiple_of(2) {
             p.rx.queue_ref()
         } else {
             p.tx.queue_ref()
@@ -655,6 +623,13 @@ impl TestGuest {
     /// The guest memory.
     pub fn ram(&self) -> &Arc<GuestRam> {
         &self.ram
+    }
+
+    /// Splits the guest into its parts, e.g. to drive each pair from its own thread. The
+    /// connection stays up as long as the returned [`Frontend`] lives.
+    pub fn into_parts(self) -> (Frontend, Arc<GuestRam>, Vec<(RxQueue, TxQueue)>) {
+        let pairs = self.pairs.into_iter().map(|p| (p.rx, p.tx)).collect();
+        (self.frontend, self.ram, pairs)
     }
 
     /// Guest-physical address of `len` fresh bytes aligned to `align`. Panics when guest memory
@@ -673,15 +648,5 @@ impl TestGuest {
     /// Reads guest memory. Panics if the range is outside it.
     pub fn read_mem(&self, gpa: u64, len: usize) -> Vec<u8> {
         self.ram.read_vec(gpa, len)
-    }
-}
-
-/// How long to block on a call eventfd: everything left, or 1 ms while interrupts are
-/// suppressed on that queue (no interrupt is expected then).
-fn wait_slice(q: &DriverQueue, left: Duration) -> Duration {
-    if q.interrupts_suppressed() {
-        left.min(Duration::from_millis(1))
-    } else {
-        left
     }
 }

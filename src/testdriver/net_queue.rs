@@ -10,6 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::memory::GuestRam;
 use super::split_ring::{DriverQueue, Segment};
@@ -324,6 +325,24 @@ impl TxQueue {
         self.q.in_flight()
     }
 
+    /// Waits on the call eventfd until every posted frame completed, reclaiming them. Returns
+    /// whether that happened before `timeout`.
+    pub fn wait_idle(&mut self, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.q.poll_interrupts();
+            self.reclaim();
+            if self.in_flight() == 0 {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            self.q.wait_interrupt(wait_slice(&self.q, deadline - now))?;
+        }
+    }
+
     /// Frames queued so far.
     pub fn sent(&self) -> u64 {
         self.sent
@@ -589,6 +608,34 @@ impl RxQueue {
         Ok(out.len() - start)
     }
 
+    /// Waits until at least `count` frames were added to `out` or `timeout` passed; returns how
+    /// many were added. Blocks in `poll(2)` on the call eventfd (in 1 ms slices while
+    /// interrupts are suppressed on this queue), so a device that forgets to interrupt makes
+    /// this time out.
+    pub fn recv_wait_into(
+        &mut self,
+        out: &mut Vec<RxFrame>,
+        count: usize,
+        timeout: Duration,
+    ) -> io::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let start = out.len();
+        loop {
+            // Drain the eventfd *before* looking at the ring: a signal for anything published
+            // after this point keeps the fd readable for the poll below.
+            self.q.poll_interrupts();
+            self.recv_into(out)?;
+            if out.len() - start >= count {
+                return Ok(out.len() - start);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(out.len() - start);
+            }
+            self.q.wait_interrupt(wait_slice(&self.q, deadline - now))?;
+        }
+    }
+
     /// Like [`RxQueue::recv_into`] but only counts: returns (frames, frame bytes).
     pub fn recv_discard(&mut self) -> io::Result<(usize, u64)> {
         let (mut frames, mut bytes) = (0usize, 0u64);
@@ -631,5 +678,15 @@ impl RxQueue {
         let mut nb = [0u8; 2];
         self.q.ram().read(gpa + 10, &mut nb);
         u16::from_le_bytes(nb) <= pending
+    }
+}
+
+/// How long to block on a call eventfd: everything left, or 1 ms while interrupts are
+/// suppressed on that queue (no interrupt is expected then).
+fn wait_slice(q: &DriverQueue, left: Duration) -> Duration {
+    if q.interrupts_suppressed() {
+        left.min(Duration::from_millis(1))
+    } else {
+        left
     }
 }

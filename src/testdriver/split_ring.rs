@@ -74,12 +74,12 @@ impl Descriptor {
         }
     }
 
-    fn from_le(self) -> Descriptor {
+    fn from_le(d: Descriptor) -> Descriptor {
         Descriptor {
-            addr: u64::from_le(self.addr),
-            len: u32::from_le(self.len),
-            flags: u16::from_le(self.flags),
-            next: u16::from_le(self.next),
+            addr: u64::from_le(d.addr),
+            len: u32::from_le(d.len),
+            flags: u16::from_le(d.flags),
+            next: u16::from_le(d.next),
         }
     }
 }
@@ -617,9 +617,7 @@ impl DriverQueue {
     /// Reads descriptor-table entry `index` (< size) from memory.
     pub fn read_desc(&self, index: u16) -> Descriptor {
         assert!(index < self.size, "descriptor index {index} out of table");
-        self.ram
-            .read_obj::<Descriptor>(self.desc_gpa + 16 * index as u64)
-            .from_le()
+        Descriptor::from_le(self.ram.read_obj(self.desc_gpa + 16 * index as u64))
     }
 
     /// Writes avail ring slot `slot % size` directly.

@@ -1,0 +1,201 @@
+//! A port attached to a host tap exchanges frames with the host side of the tap. The host
+//! side is an AF_PACKET socket bound to the tap interface. Needs root: fails loudly without.
+
+mod common;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vnic::testdriver::GuestOptions;
+
+fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "tap tests need root (CAP_NET_ADMIN); run as root"
+    );
+}
+
+fn tap_name(tag: &str) -> String {
+    format!("vt{}{tag}", std::process::id() % 100_000)
+}
+
+/// A raw packet socket on one interface: the host's view of the tap.
+struct HostSide(OwnedFd);
+
+impl HostSide {
+    fn bind(ifname: &str) -> HostSide {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+        // SAFETY: fd is fresh and ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let name = CString::new(ifname).unwrap();
+        // SAFETY: valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "interface {ifname} exists");
+        // SAFETY: zeroed sockaddr_ll is a valid starting point.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: sll is a valid sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid option value.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        HostSide(fd)
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: buffer valid for its length.
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                frame.as_ptr() as *const _,
+                frame.len(),
+                0,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            io::Error::last_os_error()
+        );
+    }
+
+    /// Frames with the test EtherType seen on the interface, until `count` or the wait ends.
+    fn recv_test_frames(&self, count: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while out.len() < count && Instant::now() < deadline {
+            // SAFETY: buffer valid for its length.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+            if n >= 18 && buf[12..14] == ETH_TEST.to_be_bytes() {
+                out.push(buf[..n as usize].to_vec());
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn tap_port_exchanges_frames_with_the_host() {
+    require_root();
+    let tap = tap_name("a");
+    let net = start(&[&format!("queues=2,attach=tap:{tap},mtu=9000")]);
+    let host = HostSide::bind(&tap);
+    let mut g = net.connect(
+        0,
+        GuestOptions {
+            tx_buffer_size: 9100,
+            ..GuestOptions::with_pairs(2)
+        },
+    );
+
+    // Guest to host, on both queue pairs, including a jumbo frame.
+    g.send(0, &[&frame(BCAST, mac(1), 60, 1)]).unwrap();
+    g.send(1, &[&frame(BCAST, mac(1), 9014, 2)]).unwrap();
+    let got = host.recv_test_frames(2);
+    let mut seqs: Vec<u32> = got.iter().map(|f| seq_of(f)).collect();
+    seqs.sort();
+    assert_eq!(seqs, vec![1, 2], "the host sees what the guest sent");
+    assert_eq!(got.iter().map(|f| f.len()).max(), Some(9014));
+
+    // Host to guest: the kernel spreads flows over the tap queues, so look at every pair.
+    for i in 0..20 {
+        host.send(&frame(mac(1), mac(9), 60 + i, 100 + i as u32));
+    }
+    let deadline = Instant::now() + WAIT;
+    let mut received = Vec::new();
+    while received.len() < 20 && Instant::now() < deadline {
+        for p in 0..2 {
+            received.extend(
+                g.recv(p)
+                    .into_iter()
+                    .filter(|f| f.data[12..14] == ETH_TEST.to_be_bytes()),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(received.len(), 20, "the guest gets what the host sent");
+    let s = net.port_stats(0);
+    assert_eq!(s.attach, format!("tap:{tap}"));
+    assert_eq!(s.queues.iter().map(|q| q.tx.packets).sum::<u64>(), 2);
+    assert!(s.queues.iter().map(|q| q.rx.packets).sum::<u64>() >= 20);
+}
+
+#[test]
+fn tap_keeps_queued_host_frames_while_the_guest_has_no_buffers() {
+    require_root();
+    let tap = tap_name("b");
+    let net = start(&[&format!("attach=tap:{tap}")]);
+    let host = HostSide::bind(&tap);
+    let mut g = net.connect(
+        0,
+        GuestOptions {
+            rx_buffers: 0,
+            ..GuestOptions::default()
+        },
+    );
+    for i in 0..10 {
+        host.send(&frame(mac(1), mac(9), 60, i));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(g.recv(0).is_empty());
+    // Buffers arrive: the frames the tap held back are delivered (backpressure, not loss).
+    g.post_rx_buffers(0, 64, 2048).unwrap();
+    let got: Vec<u32> = g
+        .recv_wait(0, 10, WAIT)
+        .iter()
+        .filter(|f| f.data[12..14] == ETH_TEST.to_be_bytes())
+        .map(|f| seq_of(&f.data))
+        .collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn existing_tap_without_multiqueue_is_a_clear_error() {
+    require_root();
+    let tap = tap_name("c");
+    let ok = Command::new("ip")
+        .args(["tuntap", "add", "dev", &tap, "mode", "tap"])
+        .status();
+    assert!(
+        ok.map(|s| s.success()).unwrap_or(false),
+        "ip tuntap add (iproute2 needed)"
+    );
+    let err = match try_start(&[&format!("queues=2,attach=tap:{tap}")]) {
+        Ok(_) => panic!("must refuse a single-queue tap"),
+        Err(e) => format!("{e:#}"),
+    };
+    let _ = Command::new("ip").args(["link", "del", &tap]).status();
+    assert!(err.contains(&tap) && err.contains("multi_queue"), "{err}");
+}
