@@ -1,1 +1,193 @@
-fn main() {}
+//! Switch throughput: two ports on the built-in switch, one test-driver guest sending as fast
+//! as it can, the other receiving. vnic runs as its own process (release build), so its CPU
+//! time is read from /proc. Prints packets/s, Gbit/s and vnic CPU time per frame size.
+//!
+//!     cargo bench --bench switch              # 3 s per case
+//!     VNIC_BENCH_SECS=10 cargo bench --bench switch
+//!
+//! A benchmark, not a test: it asserts nothing about speed. Figures go to docs/performance.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vnic::testdriver::{GuestOptions, TestGuest};
+
+const VNIC: &str = env!("CARGO_BIN_EXE_vnic");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn frame(len: usize, flow: u16) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    f[14..16].copy_from_slice(&flow.to_be_bytes());
+    f
+}
+
+struct Result {
+    pps: f64,
+    gbps: f64,
+    vnic_cpu: f64,
+    sent: u64,
+}
+
+fn run_case(dir: &Path, pairs: u16, frame_len: usize, secs: f64) -> Result {
+    let a_sock = dir.join(format!("a{frame_len}-{pairs}.sock"));
+    let b_sock = dir.join(format!("b{frame_len}-{pairs}.sock"));
+    let control = dir.join(format!("c{frame_len}-{pairs}.sock"));
+    let child = Command::new(VNIC)
+        .env("RUST_LOG", "warn")
+        .arg("serve")
+        .arg(format!("--control={}", control.display()))
+        .arg("--port")
+        .arg(format!("socket={},queues={pairs}", a_sock.display()))
+        .arg("--port")
+        .arg(format!("socket={},queues={pairs}", b_sock.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start vnic");
+    let daemon = Daemon(child);
+    let opts = GuestOptions {
+        queue_size: 1024,
+        rx_buffers: 1024,
+        rx_buffer_size: 2048,
+        ..GuestOptions::with_pairs(pairs)
+    };
+    let mut a = TestGuest::connect(&a_sock, opts.clone()).expect("connect A");
+    let mut b = TestGuest::connect(&b_sock, opts).expect("connect B");
+    // Let the switch learn B, so A's frames are unicast.
+    b.send(
+        0,
+        &[&{
+            let mut f = frame(64, 0);
+            f[0..6].copy_from_slice(&[0xff; 6]);
+            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+            f
+        }],
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(200));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let frames: Vec<Vec<u8>> = (0..64).map(|i| frame(frame_len, i)).collect();
+    let sender = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+            let mut sent = 0u64;
+            let mut pair = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let n = a.send(pair, &refs).unwrap();
+                sent += n as u64;
+                if n == 0 {
+                    let _ = a
+                        .queue(2 * pair + 1)
+                        .wait_interrupt(Duration::from_millis(1));
+                }
+                pair = (pair + 1) % pairs;
+            }
+            sent
+        })
+    };
+    let counting = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let (stop, counting) = (stop.clone(), counting.clone());
+        thread::spawn(move || {
+            let (mut frames, mut bytes) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let mut got = 0;
+                for p in 0..pairs {
+                    let (n, by) = b.rx(p).recv_discard().unwrap();
+                    if counting.load(Ordering::Relaxed) {
+                        frames += n as u64;
+                        bytes += by;
+                    }
+                    got += n;
+                }
+                if got == 0 {
+                    let _ = b.queue(0).wait_interrupt(Duration::from_millis(1));
+                }
+            }
+            (frames, bytes)
+        })
+    };
+    thread::sleep(Duration::from_millis(500)); // warm-up
+    let pid = daemon.0.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    counting.store(true, Ordering::Relaxed);
+    thread::sleep(Duration::from_secs_f64(secs));
+    counting.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    let (frames, bytes) = receiver.join().unwrap();
+    Result {
+        pps: frames as f64 / elapsed,
+        gbps: bytes as f64 * 8.0 / elapsed / 1e9,
+        vnic_cpu: cpu / elapsed,
+        sent,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing special: run briefly.
+    let secs: f64 = std::env::var("VNIC_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
+            3.0
+        } else {
+            0.3
+        });
+    let dir: PathBuf = tempfile::tempdir().unwrap().keep();
+    println!(
+        "vnic switch benchmark: 2 ports, test-driver guests, {secs} s per case, {} CPUs",
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "{:>6} {:>6} {:>12} {:>9} {:>16}",
+        "pairs", "bytes", "Mpps", "Gbit/s", "vnic CPU (cores)"
+    );
+    for (pairs, len) in [(1u16, 64usize), (1, 1500), (2, 64), (2, 1500)] {
+        let r = run_case(&dir, pairs, len, secs);
+        println!(
+            "{:>6} {:>6} {:>12.3} {:>9.2} {:>16.2}   (sender queued {} frames)",
+            pairs,
+            len,
+            r.pps / 1e6,
+            r.gbps,
+            r.vnic_cpu,
+            r.sent
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

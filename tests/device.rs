@@ -523,3 +523,36 @@ fn a_frontend_with_nonzero_guest_physical_base_works() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data.len(), 1514);
 }
+
+#[test]
+fn mrg_frame_waiting_for_buffers_gets_a_kick_when_they_come() {
+    let net = start(&["mtu=9000", "mtu=9000"]);
+    let mut a = net.connect(
+        0,
+        GuestOptions {
+            tx_buffer_size: 9100,
+            ..GuestOptions::default()
+        },
+    );
+    // Four 1 KiB buffers: too few for a 9 KiB frame.
+    let mut b = net.connect(
+        1,
+        GuestOptions {
+            rx_buffer_size: 1024,
+            rx_buffers: 4,
+            ..GuestOptions::default()
+        },
+    );
+    a.send(0, &[&frame(mac(2), mac(1), 9014, 8)]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(b.recv(0).is_empty(), "cannot fit yet");
+    let kicks = b.kicks(0);
+    b.post_rx_buffers(0, 8, 1024).unwrap();
+    assert!(
+        b.kicks(0) > kicks,
+        "the device asked for a kick past the buffers it put back"
+    );
+    let got = b.recv_wait(0, 1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].num_buffers, 9);
+}

@@ -849,8 +849,7 @@ fn echo_on_every_pair_with_nonzero_gpa_base() {
         gpa_base: 0x7f00_0000_0000,
         queue_size: 128,
         rx_buffers: 128,
-        queue_pairs: 3, // every pair is enabled by default
-        ..GuestOptions::default()
+        ..GuestOptions::with_pairs(3)
     };
     let mut g = TestGuest::connect(&dev.path, opts).unwrap();
     for pair in 0..3u16 {

@@ -41,6 +41,28 @@ pub fn guest_wants_interrupt(queue: &mut Queue, mem: &GuestMem) -> bool {
     u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
 }
 
+/// Asks the guest to kick when it publishes RX buffers beyond those it has published now, and
+/// returns true if it published some meanwhile. Unlike `Queue::enable_notification`, which
+/// arms at `next_avail`, this arms at the current `avail.idx`: after an MRG_RXBUF frame found
+/// too few buffers and put them back, `next_avail` is behind `avail.idx`, and an event index
+/// there would never be crossed again, so the guest would never kick (Linux vhost does the
+/// same).
+pub fn arm_rx_kick(queue: &mut Queue, mem: &GuestMem) -> bool {
+    let Ok(seen) = queue.avail_idx(mem, Ordering::Acquire) else {
+        return false;
+    };
+    if queue.event_idx_enabled() {
+        let avail_event = queue.used_ring() + 4 + 8 * queue.size() as u64;
+        let _ = mem.store(seen.0.to_le(), GuestAddress(avail_event), Ordering::Release);
+    } else {
+        let _ = queue.enable_notification(mem);
+    }
+    fence(Ordering::SeqCst);
+    queue
+        .avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|now| now != seen)
+}
+
 /// What the frontend negotiated that the datapath needs, fixed for a pass over a queue.
 #[derive(Clone, Copy, Debug)]
 pub struct Negotiated {
@@ -237,8 +259,7 @@ impl QueuePair {
                 RxOutcome::NoBuffers => {
                     self.rx_pending = Some(frame);
                     // Ask for a kick when buffers come; if some came meanwhile, go on.
-                    if state.enable_notification().unwrap_or(false) {
-                        let _ = state.disable_notification();
+                    if arm_rx_kick(state.get_queue_mut(), mem) {
                         continue;
                     }
                     if self.tap_watched {

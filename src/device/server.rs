@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 
 use super::backend::PortBackend;
@@ -51,7 +51,10 @@ pub fn serve_port(
         drop(backend);
         port.on_disconnect(&pool);
         match result {
-            Ok(()) => log::info!("port {}: frontend disconnected", port.name),
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => log::info!("port {}: frontend disconnected", port.name),
             Err(e) => log::warn!("port {}: frontend connection ended: {e}", port.name),
         }
     }

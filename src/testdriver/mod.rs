@@ -88,8 +88,8 @@ pub const NET_CONFIG_LEN: u32 = 24;
 pub struct GuestOptions {
     /// Queue pairs to set up.
     pub queue_pairs: u16,
-    /// Pairs to `SET_VRING_ENABLE(1)` at connect (the first ones; capped at `queue_pairs`, so
-    /// the default, `u16::MAX`, enables every pair).
+    /// Pairs to `SET_VRING_ENABLE(1)` at connect (the first ones; capped at `queue_pairs`).
+    /// The default is 1, like `queue_pairs`: set both, or use [`GuestOptions::with_pairs`].
     pub enabled_pairs: u16,
     /// Entries per virtqueue.
     pub queue_size: u16,
@@ -123,7 +123,7 @@ impl Default for GuestOptions {
     fn default() -> GuestOptions {
         GuestOptions {
             queue_pairs: 1,
-            enabled_pairs: u16::MAX,
+            enabled_pairs: 1,
             queue_size: 256,
             mem_size: 64 << 20,
             gpa_base: 0,
