@@ -556,3 +556,28 @@ fn mrg_frame_waiting_for_buffers_gets_a_kick_when_they_come() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].num_buffers, 9);
 }
+
+#[test]
+fn stopping_an_rx_ring_drops_and_counts_what_waited_for_it() {
+    let net = start(&["", ""]);
+    let mut a = net.connect(0, GuestOptions::default());
+    let mut b = net.connect(
+        1,
+        GuestOptions {
+            rx_buffers: 0,
+            ..GuestOptions::default()
+        },
+    );
+    net.wait_stats("B's RX queue enabled", |s| s.ports[1].queues[0].enabled);
+    let frames: Vec<Vec<u8>> = (0..10).map(|i| frame(mac(2), mac(1), 60, i)).collect();
+    a.send(0, &frames.iter().map(|f| f.as_slice()).collect::<Vec<_>>())
+        .unwrap();
+    assert!(a.tx_wait_idle(0, WAIT).unwrap());
+    // The guest resets its device (GET_VRING_BASE stops the ring) without disconnecting.
+    b.get_vring_base(0).unwrap();
+    net.wait_stats("queued frames dropped", |s| {
+        s.ports[1].total_drops()["queue_disabled"] == 10
+    });
+    let s = net.port_stats(1);
+    assert!(!s.queues[0].enabled && s.link_up);
+}

@@ -306,6 +306,23 @@ impl QueuePair {
         }
     }
 
+    /// The RX ring was stopped: drop (and count) every frame waiting for it.
+    pub fn discard_rx(&mut self) {
+        let egress = &self.port.egress[self.index];
+        let frames = self
+            .rx_pending
+            .take()
+            .into_iter()
+            .chain(std::iter::from_fn(|| egress.pop()));
+        for frame in frames {
+            self.port
+                .counters
+                .pair(self.index)
+                .drop(DropReason::QueueDisabled);
+            self.pool.put(frame);
+        }
+    }
+
     /// The RX queue is not usable (disabled, reset, or not set up yet): stop steering to it
     /// and hand what waits for it to the port's other RX queues.
     fn on_rx_disabled(&mut self, tap_watch: &dyn TapWatch) {

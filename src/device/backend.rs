@@ -207,10 +207,13 @@ impl VhostUserBackend for PortBackend {
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // GET_VRING_BASE: the ring stops now; stop steering frames to it.
+        // What waits for it belongs to the driver that is going away (a reset or reboot
+        // keeps the connection): drop and count it, as a NIC does on reset.
         if queue_index.is_multiple_of(2) {
             let pair = (queue_index / 2) as usize;
-            if pair < self.inner.port.queue_pairs() {
+            if let Some(qp) = self.inner.pairs.get(pair) {
                 self.inner.port.set_rx_enabled(pair, false);
+                qp.lock().unwrap_or_else(|e| e.into_inner()).discard_rx();
             }
         }
         Ok(())
