@@ -22,7 +22,7 @@ use super::net_header::{NetHeader, HEADER_LEN};
 use super::steering::flow_hash;
 use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
 use crate::net::{Attachment, ForwardScratch};
-use crate::port::Port;
+use crate::port::{EgressQueue, Port};
 use crate::stats::{add, DropReason, PairCounters};
 use crate::warn_ratelimited;
 
@@ -61,6 +61,11 @@ pub fn arm_rx_kick(queue: &mut Queue, mem: &GuestMem) -> bool {
     queue
         .avail_idx(mem, Ordering::Acquire)
         .is_ok_and(|now| now != seen)
+}
+
+/// Every frame waiting for an RX queue: the one held back, then its egress queue.
+fn waiting(held: Option<Frame>, egress: &EgressQueue) -> impl Iterator<Item = Frame> + '_ {
+    held.into_iter().chain(std::iter::from_fn(|| egress.pop()))
 }
 
 /// What the frontend negotiated that the datapath needs, fixed for a pass over a queue.
@@ -308,17 +313,9 @@ impl QueuePair {
 
     /// The RX ring was stopped: drop (and count) every frame waiting for it.
     pub fn discard_rx(&mut self) {
-        let egress = &self.port.egress[self.index];
-        let frames = self
-            .rx_pending
-            .take()
-            .into_iter()
-            .chain(std::iter::from_fn(|| egress.pop()));
-        for frame in frames {
-            self.port
-                .counters
-                .pair(self.index)
-                .drop(DropReason::QueueDisabled);
+        let counters = self.port.counters.pair(self.index);
+        for frame in waiting(self.rx_pending.take(), &self.port.egress[self.index]) {
+            counters.drop(DropReason::QueueDisabled);
             self.pool.put(frame);
         }
     }
@@ -334,12 +331,7 @@ impl QueuePair {
         let egress = &self.port.egress[self.index];
         egress.ack_wake();
         let mut wake = 0u32;
-        let frames = self
-            .rx_pending
-            .take()
-            .into_iter()
-            .chain(std::iter::from_fn(|| egress.pop()));
-        for frame in frames {
+        for frame in waiting(self.rx_pending.take(), egress) {
             if self.port.rx_enabled_mask() == 0 {
                 self.port
                     .counters
