@@ -91,8 +91,9 @@ pub fn start_server(path: &Path, ports: Vec<Arc<Port>>) -> anyhow::Result<()> {
 fn answer(conn: UnixStream, ports: &[Arc<Port>]) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    // One request line, at most 256 bytes.
     let mut line = String::new();
-    BufReader::new(&conn).take_line(&mut line)?;
+    BufReader::new(io::Read::take(&conn, 256)).read_line(&mut line)?;
     let mut out = &conn;
     match line.trim() {
         "stats" => {
@@ -101,19 +102,6 @@ fn answer(conn: UnixStream, ports: &[Arc<Port>]) -> io::Result<()> {
             out.write_all(b"\n")
         }
         other => out.write_all(format!("{{\"error\":\"unknown request '{other}'\"}}\n").as_bytes()),
-    }
-}
-
-trait TakeLine {
-    fn take_line(self, line: &mut String) -> io::Result<()>;
-}
-
-impl<R: io::Read> TakeLine for BufReader<R> {
-    /// Reads one line of at most 256 bytes.
-    fn take_line(self, line: &mut String) -> io::Result<()> {
-        let mut limited = io::Read::take(self, 256);
-        let mut reader = BufReader::new(&mut limited);
-        reader.read_line(line).map(|_| ())
     }
 }
 
