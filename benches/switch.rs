@@ -2,6 +2,10 @@
 //! as it can, the other receiving. vnic runs as its own process (release build), so its CPU
 //! time is read from /proc. Prints packets/s, Gbit/s and vnic CPU time per frame size.
 //!
+//! The peer, when `dpdk-testpmd` is installed: DPDK's vhost library (testpmd with two
+//! `net_vhost` ports, io forwarding between them, busy polling) driven by the same test-driver
+//! guests in the same run, so both figures come from the same machine state.
+//!
 //!     cargo bench --bench switch              # 3 s per case
 //!     VNIC_BENCH_SECS=10 cargo bench --bench switch
 //!
@@ -52,30 +56,87 @@ fn frame(len: usize, flow: u16) -> Vec<u8> {
 struct Result {
     pps: f64,
     gbps: f64,
+    /// CPU time of the switch process, in cores.
     vnic_cpu: f64,
     sent: u64,
 }
 
-fn run_case(dir: &Path, pairs: u16, frame_len: usize, secs: f64) -> Result {
-    let a_sock = dir.join(format!("a{frame_len}-{pairs}.sock"));
-    let b_sock = dir.join(format!("b{frame_len}-{pairs}.sock"));
-    let control = dir.join(format!("c{frame_len}-{pairs}.sock"));
-    let child = Command::new(VNIC)
-        .env("RUST_LOG", "warn")
-        .arg("serve")
-        .arg(format!("--control={}", control.display()))
-        .arg("--port")
-        .arg(format!("socket={},queues={pairs}", a_sock.display()))
-        .arg("--port")
-        .arg(format!("socket={},queues={pairs}", b_sock.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start vnic");
-    let daemon = Daemon(child);
+/// The vhost-user switch under test.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Vnic,
+    /// DPDK's vhost library: testpmd, two net_vhost ports, io forwarding.
+    DpdkVhost,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Vnic => "vnic",
+            Backend::DpdkVhost => "dpdk-vhost",
+        }
+    }
+
+    fn start(self, a: &Path, b: &Path, control: &Path, pairs: u16) -> Daemon {
+        let mut cmd = match self {
+            Backend::Vnic => {
+                let mut c = Command::new(VNIC);
+                c.env("RUST_LOG", "warn")
+                    .arg("serve")
+                    .arg(format!("--control={}", control.display()))
+                    .arg("--port")
+                    .arg(format!("socket={},queues={pairs}", a.display()))
+                    .arg("--port")
+                    .arg(format!("socket={},queues={pairs}", b.display()));
+                c
+            }
+            Backend::DpdkVhost => {
+                let mut c = Command::new("dpdk-testpmd");
+                c.args(["--no-huge", "-m", "1024", "--no-pci", "-l", "0-1"])
+                    .arg(format!("--file-prefix=vnicbench{}", std::process::id()))
+                    .arg(format!(
+                        "--vdev=net_vhost0,iface={},queues={pairs}",
+                        a.display()
+                    ))
+                    .arg(format!(
+                        "--vdev=net_vhost1,iface={},queues={pairs}",
+                        b.display()
+                    ))
+                    .arg("--")
+                    .args([
+                        "--forward-mode=io",
+                        "-a",
+                        "--stats-period",
+                        "0",
+                        "--total-num-mbufs=16384",
+                    ])
+                    .arg(format!("--rxq={pairs}"))
+                    .arg(format!("--txq={pairs}"))
+                    // testpmd quits at the end of its input: keep stdin open.
+                    .stdin(Stdio::piped());
+                c
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start backend");
+        Daemon(child)
+    }
+}
+
+fn run_case(backend: Backend, dir: &Path, pairs: u16, frame_len: usize, secs: f64) -> Result {
+    let tag = format!("{}-{frame_len}-{pairs}", backend.name());
+    let a_sock = dir.join(format!("a-{tag}.sock"));
+    let b_sock = dir.join(format!("b-{tag}.sock"));
+    let control = dir.join(format!("c-{tag}.sock"));
+    let daemon = backend.start(&a_sock, &b_sock, &control, pairs);
     let opts = GuestOptions {
         queue_size: 1024,
         rx_buffers: 1024,
         rx_buffer_size: 2048,
+        connect_timeout: Duration::from_secs(20),
         ..GuestOptions::with_pairs(pairs)
     };
     let mut a = TestGuest::connect(&a_sock, opts.clone()).expect("connect A");
@@ -173,21 +234,36 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    let mut backends = vec![Backend::Vnic];
+    let have_dpdk = Command::new("dpdk-testpmd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if have_dpdk {
+        backends.push(Backend::DpdkVhost);
+    } else {
+        println!("(dpdk-testpmd not installed: no peer figures; `apt-get install dpdk` adds them)");
+    }
     println!(
-        "{:>6} {:>6} {:>12} {:>9} {:>16}",
-        "pairs", "bytes", "Mpps", "Gbit/s", "vnic CPU (cores)"
+        "{:>11} {:>6} {:>6} {:>12} {:>9} {:>12}",
+        "switch", "pairs", "bytes", "Mpps", "Gbit/s", "CPU (cores)"
     );
     for (pairs, len) in [(1u16, 64usize), (1, 1500), (2, 64), (2, 1500)] {
-        let r = run_case(&dir, pairs, len, secs);
-        println!(
-            "{:>6} {:>6} {:>12.3} {:>9.2} {:>16.2}   (sender queued {} frames)",
-            pairs,
-            len,
-            r.pps / 1e6,
-            r.gbps,
-            r.vnic_cpu,
-            r.sent
-        );
+        for &backend in &backends {
+            let r = run_case(backend, &dir, pairs, len, secs);
+            println!(
+                "{:>11} {:>6} {:>6} {:>12.3} {:>9.2} {:>12.2}   (sender queued {} frames)",
+                backend.name(),
+                pairs,
+                len,
+                r.pps / 1e6,
+                r.gbps,
+                r.vnic_cpu,
+                r.sent
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
