@@ -85,6 +85,8 @@ pub struct PortConfig {
     pub mtu: u16,
     pub speed: u32,
     pub attach: AttachSpec,
+    /// Write what crosses the port to this pcap file.
+    pub pcap: Option<PathBuf>,
 }
 
 impl PortConfig {
@@ -97,7 +99,7 @@ impl PortConfig {
     }
 }
 
-const PORT_KEYS: &str = "socket, queues, mac, mtu, speed, attach";
+const PORT_KEYS: &str = "socket, queues, mac, mtu, speed, attach, pcap";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -109,6 +111,7 @@ impl FromStr for PortConfig {
         let mut mtu = DEFAULT_MTU;
         let mut speed = DEFAULT_SPEED_MBPS;
         let mut attach = AttachSpec::Switch;
+        let mut pcap = None;
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -144,6 +147,15 @@ impl FromStr for PortConfig {
                         _ => return Err(format!("attach '{value}' is not 'switch' or 'tap:NAME'")),
                     }
                 }
+                "pcap" => {
+                    if value.is_empty() {
+                        return Err("pcap path is empty".into());
+                    }
+                    pcap = Some(
+                        std::path::absolute(value)
+                            .map_err(|e| format!("pcap path '{value}': {e}"))?,
+                    );
+                }
                 _ => return Err(format!("unknown key '{key}' (keys: {PORT_KEYS})")),
             }
         }
@@ -156,6 +168,7 @@ impl FromStr for PortConfig {
             mtu,
             speed,
             attach,
+            pcap,
         })
     }
 }

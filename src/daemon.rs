@@ -16,6 +16,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use vhost::vhost_user::Listener;
 
+use crate::capture::Capture;
 use crate::cli::{format_mac, AttachSpec, ServeArgs};
 use crate::control;
 use crate::datapath::frame::FramePool;
@@ -85,7 +86,13 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             ),
             AttachSpec::Switch => None,
         };
-        let port = Port::new(id, cfg.clone(), tap)
+        let capture = match &cfg.pcap {
+            Some(path) => {
+                Some(Capture::create(path).with_context(|| format!("port {}", cfg.name()))?)
+            }
+            None => None,
+        };
+        let port = Port::new(id, cfg.clone(), tap, capture)
             .with_context(|| format!("port {}: cannot create eventfds", cfg.name()))?;
         ports.push(Arc::new(port));
     }
@@ -149,6 +156,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     log::info!("signal {signal}: shutting down");
     println!("vnic: shutting down");
+    for port in &running.ports {
+        if let Some(capture) = &port.capture {
+            capture.flush();
+        }
+    }
     // Dropping `running` removes the sockets; worker threads end with the process.
     drop(running);
     Ok(())

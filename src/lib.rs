@@ -8,9 +8,11 @@
 //!   the virtio-net header, per-queue-pair TX/RX processing, RX queue steering.
 //! - [`net`]: what a port is attached to: the built-in learning switch or a host tap.
 //! - [`port`]: the state of a port that outlives a connection (egress queues, counters, link).
+//! - [`capture`]: `pcap=PATH`, a pcap file of what crosses a port.
 //! - [`stats`], [`control`]: counters and the control socket `vnic stats` reads them through.
 //! - [`testdriver`]: a vhost-user frontend plus guest driver used by tests and benchmarks.
 
+pub mod capture;
 pub mod cli;
 pub mod control;
 pub mod daemon;

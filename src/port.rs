@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crossbeam_queue::ArrayQueue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::capture::Capture;
 use crate::cli::PortConfig;
 use crate::datapath::frame::{Frame, FramePool};
 use crate::datapath::steering::{FlowHashSteering, RxSteering};
@@ -80,6 +81,8 @@ pub struct Port {
     pub counters: PortCounters,
     pub egress: Vec<EgressQueue>,
     pub tap: Option<Tap>,
+    /// `pcap=PATH`: where frames crossing the port are recorded.
+    pub capture: Option<Capture>,
     steering: Box<dyn RxSteering>,
     /// Bit i: RX queue of pair i is ready and enabled, as its worker last saw it.
     rx_enabled: AtomicU32,
@@ -89,7 +92,12 @@ pub struct Port {
 }
 
 impl Port {
-    pub fn new(id: usize, config: PortConfig, tap: Option<Tap>) -> io::Result<Port> {
+    pub fn new(
+        id: usize,
+        config: PortConfig,
+        tap: Option<Tap>,
+        capture: Option<Capture>,
+    ) -> io::Result<Port> {
         let egress = (0..config.queues)
             .map(|_| EgressQueue::new())
             .collect::<io::Result<Vec<_>>>()?;
@@ -99,6 +107,7 @@ impl Port {
             counters: PortCounters::new(config.queues),
             egress,
             tap,
+            capture,
             steering: Box::new(FlowHashSteering),
             rx_enabled: AtomicU32::new(0),
             connected: AtomicBool::new(false),

@@ -163,6 +163,9 @@ impl QueuePair {
                             add(&c.tx_packets, 1);
                             add(&c.tx_bytes, frame.data.len() as u64);
                             frame.flow_hash = flow_hash(&frame.data);
+                            if let Some(capture) = &self.port.capture {
+                                capture.record(&frame.data);
+                            }
                             self.tx_batch.push(frame);
                         }
                         Err(reason) => {
@@ -189,6 +192,9 @@ impl QueuePair {
                 // meanwhile (EVENT_IDX race), look again too.
                 taken == BATCH || state.enable_notification().unwrap_or(false)
             };
+            if let Some(capture) = &self.port.capture {
+                capture.flush();
+            }
             if !self.tx_batch.is_empty() {
                 self.attachment.transmit(
                     &self.port,
@@ -240,6 +246,9 @@ impl QueuePair {
             );
             match outcome {
                 RxOutcome::Delivered => {
+                    if let Some(capture) = &self.port.capture {
+                        capture.record(&frame.data);
+                    }
                     let c = self.port.counters.pair(self.index);
                     add(&c.rx_packets, 1);
                     add(&c.rx_bytes, frame.data.len() as u64);
@@ -277,6 +286,9 @@ impl QueuePair {
         }
         if unsignalled > 0 {
             self.signal_rx(&mut state, mem);
+        }
+        if let Some(capture) = &self.port.capture {
+            capture.flush();
         }
     }
 

@@ -241,7 +241,7 @@ mod tests {
         let ports: Vec<Arc<Port>> = (0..n)
             .map(|i| {
                 let cfg: PortConfig = format!("socket=/tmp/sw{i}.sock").parse().unwrap();
-                let p = Arc::new(Port::new(i, cfg, None).unwrap());
+                let p = Arc::new(Port::new(i, cfg, None, None).unwrap());
                 p.set_rx_enabled(0, true);
                 p
             })
