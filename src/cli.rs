@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::device::features;
 use crate::net::tap;
 
 /// Most queue pairs a port may have.
@@ -87,6 +88,8 @@ pub struct PortConfig {
     pub attach: AttachSpec,
     /// Write what crosses the port to this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Offload feature bits enabled on the port (`features::ALL_OFFLOADS` unless switched off).
+    pub offloads: u64,
 }
 
 impl PortConfig {
@@ -99,7 +102,8 @@ impl PortConfig {
     }
 }
 
-const PORT_KEYS: &str = "socket, queues, mac, mtu, speed, attach, pcap";
+const PORT_KEYS: &str =
+    "socket, queues, mac, mtu, speed, attach, pcap, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -112,6 +116,7 @@ impl FromStr for PortConfig {
         let mut speed = DEFAULT_SPEED_MBPS;
         let mut attach = AttachSpec::Switch;
         let mut pcap = None;
+        let mut offloads = features::ALL_OFFLOADS;
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -156,7 +161,21 @@ impl FromStr for PortConfig {
                             .map_err(|e| format!("pcap path '{value}': {e}"))?,
                     );
                 }
-                _ => return Err(format!("unknown key '{key}' (keys: {PORT_KEYS})")),
+                "offloads" => {
+                    if !parse_on_off(key, value)? {
+                        offloads = 0;
+                    }
+                }
+                _ => match features::OFFLOADS.iter().find(|(_, name)| *name == key) {
+                    Some(&(b, _)) => {
+                        if parse_on_off(key, value)? {
+                            offloads |= features::bit(b);
+                        } else {
+                            offloads &= !features::bit(b);
+                        }
+                    }
+                    None => return Err(format!("unknown key '{key}' (keys: {PORT_KEYS})")),
+                },
             }
         }
         let socket = socket.ok_or_else(|| "socket=PATH is required".to_string())?;
@@ -169,7 +188,16 @@ impl FromStr for PortConfig {
             speed,
             attach,
             pcap,
+            offloads,
         })
+    }
+}
+
+fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{key}={value}: expected on or off")),
     }
 }
 
@@ -266,5 +294,21 @@ mod tests {
         assert!(err("socket=/x,attach=tap:waytoolongname0123").contains("1 to 15"));
         assert!(err("socket=/x,socket=/y").contains("given twice"));
         assert!(err("socket=/x,queues").contains("not key=value"));
+        assert!(err("socket=/x,csum=maybe").contains("csum=maybe: expected on or off"));
+    }
+
+    #[test]
+    fn offloads_switch_off_one_by_one_or_all() {
+        use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_TSO4};
+        let all: PortConfig = "socket=/x".parse().unwrap();
+        assert_eq!(all.offloads, features::ALL_OFFLOADS);
+        let some: PortConfig = "socket=/x,csum=off,guest_tso4=off".parse().unwrap();
+        assert!(!features::has(some.offloads, VIRTIO_NET_F_CSUM));
+        assert!(!features::has(some.offloads, VIRTIO_NET_F_GUEST_TSO4));
+        let none: PortConfig = "socket=/x,offloads=off,guest_csum=on".parse().unwrap();
+        assert_eq!(
+            none.offloads,
+            features::bit(virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_CSUM)
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use vnic::device::features::OFFERED;
+use vnic::device::features::{offered, ALL_OFFLOADS};
+
+/// What a port with default options offers.
+const OFFERED_DEFAULT: fn() -> u64 = || offered(ALL_OFFLOADS);
 use vnic::testdriver::{GuestOptions, TestGuest, DRIVER_FEATURES};
 
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
@@ -31,8 +34,8 @@ fn recv_all_pairs(g: &mut TestGuest, pairs: u16, count: usize) -> Vec<(u16, Vec<
 fn negotiation_and_config_space() {
     let net = start(&["queues=4,mtu=9000,mac=02:11:22:33:44:55,speed=25000"]);
     let mut g = net.connect(0, GuestOptions::with_pairs(4));
-    assert_eq!(g.offered_features(), OFFERED);
-    assert_eq!(g.acked_features(), OFFERED & DRIVER_FEATURES);
+    assert_eq!(g.offered_features(), OFFERED_DEFAULT());
+    assert_eq!(g.acked_features(), OFFERED_DEFAULT() & DRIVER_FEATURES);
     assert_eq!(
         g.queue_num(),
         8,
@@ -279,7 +282,7 @@ fn mrg_rxbuf_spreads_a_jumbo_frame_over_small_buffers() {
 #[test]
 fn without_mrg_rxbuf_small_buffers_drop_and_count_and_big_ones_work() {
     let net = start(&["mtu=9000", "mtu=9000"]);
-    let no_mrg = (OFFERED & DRIVER_FEATURES) & !VIRTIO_NET_F_MRG_RXBUF;
+    let no_mrg = (OFFERED_DEFAULT() & DRIVER_FEATURES) & !VIRTIO_NET_F_MRG_RXBUF;
     let mut a = net.connect(
         0,
         GuestOptions {
@@ -366,7 +369,7 @@ fn event_idx_suppresses_interrupts_and_batches_get_one() {
 #[test]
 fn kick_wait_the_guest_can_end_without_event_idx() {
     let net = start(&["", ""]);
-    let legacy_notify = (OFFERED & DRIVER_FEATURES) & !VIRTIO_RING_F_EVENT_IDX;
+    let legacy_notify = (OFFERED_DEFAULT() & DRIVER_FEATURES) & !VIRTIO_RING_F_EVENT_IDX;
     let mut a = net.connect(
         0,
         GuestOptions {

@@ -162,7 +162,7 @@ impl VhostUserBackend for PortBackend {
     }
 
     fn features(&self) -> u64 {
-        features::OFFERED
+        features::offered(self.inner.port.config.offloads)
     }
 
     fn acked_features(&self, features: u64) {

@@ -1,6 +1,8 @@
 //! Feature bits: what vnic offers a frontend, and names for `vnic stats`.
 //!
-//! Offload bits are not offered yet: a bit is offered only once it is honoured.
+//! Every port offers [`BASE`]. Offload bits are switchable per port (`csum=off`, ...) and offered
+//! only when enabled, honoured by the datapath ([`HONOURED_OFFLOADS`]) and their prerequisites
+//! are offered too (virtio 1.2, 5.1.3.1).
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -14,8 +16,8 @@ pub const fn bit(b: u32) -> u64 {
     1 << b
 }
 
-/// Every virtio feature vnic offers.
-pub const OFFERED: u64 = bit(VIRTIO_F_VERSION_1)
+/// The features every port offers.
+pub const BASE: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_MTU)
     | bit(VIRTIO_NET_F_STATUS)
@@ -25,6 +27,81 @@ pub const OFFERED: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
     | bit(VIRTIO_NET_F_SPEED_DUPLEX)
     | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+
+/// Offload features, with the port key that switches each off (`KEY=off`).
+pub const OFFLOADS: &[(u32, &str)] = &[
+    (VIRTIO_NET_F_CSUM, "csum"),
+    (VIRTIO_NET_F_GUEST_CSUM, "guest_csum"),
+    (VIRTIO_NET_F_HOST_TSO4, "host_tso4"),
+    (VIRTIO_NET_F_HOST_TSO6, "host_tso6"),
+    (VIRTIO_NET_F_HOST_ECN, "host_ecn"),
+    (VIRTIO_NET_F_HOST_USO, "host_uso"),
+    (VIRTIO_NET_F_GUEST_TSO4, "guest_tso4"),
+    (VIRTIO_NET_F_GUEST_TSO6, "guest_tso6"),
+    (VIRTIO_NET_F_GUEST_ECN, "guest_ecn"),
+    (VIRTIO_NET_F_GUEST_USO4, "guest_uso4"),
+    (VIRTIO_NET_F_GUEST_USO6, "guest_uso6"),
+];
+
+/// All offload bits.
+pub const ALL_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN)
+    | bit(VIRTIO_NET_F_HOST_USO)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN)
+    | bit(VIRTIO_NET_F_GUEST_USO4)
+    | bit(VIRTIO_NET_F_GUEST_USO6);
+
+/// Offload bits the datapath honours today; the others are never offered.
+pub const HONOURED_OFFLOADS: u64 = 0;
+
+/// Each offload bit and the bits it needs (virtio 1.2, 5.1.3.1).
+const PREREQUISITES: &[(u32, u64)] = &[
+    (VIRTIO_NET_F_HOST_TSO4, bit(VIRTIO_NET_F_CSUM)),
+    (VIRTIO_NET_F_HOST_TSO6, bit(VIRTIO_NET_F_CSUM)),
+    (VIRTIO_NET_F_HOST_USO, bit(VIRTIO_NET_F_CSUM)),
+    (VIRTIO_NET_F_GUEST_TSO4, bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (VIRTIO_NET_F_GUEST_TSO6, bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (VIRTIO_NET_F_GUEST_USO4, bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (VIRTIO_NET_F_GUEST_USO6, bit(VIRTIO_NET_F_GUEST_CSUM)),
+    (
+        VIRTIO_NET_F_HOST_ECN,
+        bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6),
+    ),
+    (
+        VIRTIO_NET_F_GUEST_ECN,
+        bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6),
+    ),
+];
+
+/// `bits` without the offloads whose prerequisites are missing. The ECN bits need either TSO
+/// bit; the others need all of theirs.
+pub fn with_prerequisites(mut bits: u64) -> u64 {
+    // Two passes settle chains (ECN needs TSO, which needs CSUM).
+    for _ in 0..2 {
+        for &(b, needs) in PREREQUISITES {
+            let ecn = b == VIRTIO_NET_F_HOST_ECN || b == VIRTIO_NET_F_GUEST_ECN;
+            let met = if ecn {
+                bits & needs != 0
+            } else {
+                bits & needs == needs
+            };
+            if !met {
+                bits &= !bit(b);
+            }
+        }
+    }
+    bits
+}
+
+/// What a port with the offloads `enabled` (a subset of [`ALL_OFFLOADS`]) offers.
+pub fn offered(enabled: u64) -> u64 {
+    BASE | with_prerequisites(enabled & HONOURED_OFFLOADS)
+}
 
 /// Protocol features offered (REPLY_ACK is added by vhost-user-backend).
 pub fn protocol_features() -> VhostUserProtocolFeatures {
@@ -42,6 +119,13 @@ const NAMES: &[(u32, &str)] = &[
     (VIRTIO_NET_F_GUEST_TSO6, "GUEST_TSO6"),
     (VIRTIO_NET_F_HOST_TSO4, "HOST_TSO4"),
     (VIRTIO_NET_F_HOST_TSO6, "HOST_TSO6"),
+    (VIRTIO_NET_F_GUEST_ECN, "GUEST_ECN"),
+    (VIRTIO_NET_F_HOST_ECN, "HOST_ECN"),
+    (VIRTIO_NET_F_GUEST_UFO, "GUEST_UFO"),
+    (VIRTIO_NET_F_HOST_UFO, "HOST_UFO"),
+    (VIRTIO_NET_F_GUEST_USO4, "GUEST_USO4"),
+    (VIRTIO_NET_F_GUEST_USO6, "GUEST_USO6"),
+    (VIRTIO_NET_F_HOST_USO, "HOST_USO"),
     (VIRTIO_NET_F_MRG_RXBUF, "MRG_RXBUF"),
     (VIRTIO_NET_F_STATUS, "STATUS"),
     (VIRTIO_NET_F_CTRL_VQ, "CTRL_VQ"),
@@ -73,8 +157,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offered_set_is_the_documented_one_and_has_no_offload() {
-        let n = names(OFFERED);
+    fn base_set_is_the_documented_one_and_has_no_offload() {
+        let n = names(BASE);
         for want in [
             "VERSION_1",
             "MAC",
@@ -88,7 +172,39 @@ mod tests {
         ] {
             assert!(n.iter().any(|x| x == want), "{want} missing");
         }
-        assert!(!has(OFFERED, VIRTIO_NET_F_CSUM) && !has(OFFERED, VIRTIO_NET_F_HOST_TSO4));
-        assert!(!has(OFFERED, 34), "packed ring must not be offered");
+        assert!(!has(BASE, VIRTIO_NET_F_CSUM) && !has(BASE, VIRTIO_NET_F_HOST_TSO4));
+        assert!(!has(BASE, 34), "packed ring must not be offered");
+    }
+
+    #[test]
+    fn offloads_without_prerequisites_are_not_offered() {
+        let all = with_prerequisites(ALL_OFFLOADS);
+        assert_eq!(all, ALL_OFFLOADS);
+        let no_csum = with_prerequisites(ALL_OFFLOADS & !bit(VIRTIO_NET_F_CSUM));
+        for b in [
+            VIRTIO_NET_F_HOST_TSO4,
+            VIRTIO_NET_F_HOST_TSO6,
+            VIRTIO_NET_F_HOST_USO,
+            VIRTIO_NET_F_HOST_ECN,
+        ] {
+            assert!(!has(no_csum, b), "bit {b} needs CSUM");
+        }
+        assert!(
+            has(no_csum, VIRTIO_NET_F_GUEST_TSO4),
+            "guest side unaffected"
+        );
+        let only_tso6 = with_prerequisites(
+            bit(VIRTIO_NET_F_GUEST_CSUM)
+                | bit(VIRTIO_NET_F_GUEST_TSO6)
+                | bit(VIRTIO_NET_F_GUEST_ECN),
+        );
+        assert!(
+            has(only_tso6, VIRTIO_NET_F_GUEST_ECN),
+            "ECN needs either TSO bit"
+        );
+        assert_eq!(
+            offered(ALL_OFFLOADS) & !BASE,
+            ALL_OFFLOADS & HONOURED_OFFLOADS
+        );
     }
 }
