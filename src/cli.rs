@@ -90,6 +90,8 @@ pub struct PortConfig {
     pub pcap: Option<PathBuf>,
     /// Offload feature bits enabled on the port (`features::ALL_OFFLOADS` unless switched off).
     pub offloads: u64,
+    /// For `attach=tap:`: enable the tap's checksum and segmentation offloads.
+    pub tap_offloads: bool,
 }
 
 impl PortConfig {
@@ -103,7 +105,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, pcap, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -117,6 +119,7 @@ impl FromStr for PortConfig {
         let mut attach = AttachSpec::Switch;
         let mut pcap = None;
         let mut offloads = features::ALL_OFFLOADS;
+        let mut tap_offloads = true;
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -161,6 +164,7 @@ impl FromStr for PortConfig {
                             .map_err(|e| format!("pcap path '{value}': {e}"))?,
                     );
                 }
+                "tap_offloads" => tap_offloads = parse_on_off(key, value)?,
                 "offloads" => {
                     if !parse_on_off(key, value)? {
                         offloads = 0;
@@ -189,6 +193,7 @@ impl FromStr for PortConfig {
             attach,
             pcap,
             offloads,
+            tap_offloads,
         })
     }
 }

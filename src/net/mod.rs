@@ -41,7 +41,7 @@ impl Attachment {
                     let sent = port
                         .tap
                         .as_ref()
-                        .map(|tap| tap.write_frame(pair, &frame.data));
+                        .map(|tap| tap.write_frame(pair, &frame.header, &frame.data));
                     match sent {
                         Some(Ok(())) => {}
                         Some(Err(e)) => {

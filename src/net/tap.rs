@@ -1,9 +1,11 @@
 //! A host tap device with one queue per queue pair.
 //!
 //! Opened with IFF_MULTI_QUEUE (one fd per queue, each polled by its pair's worker), IFF_NO_PI
-//! and IFF_VNET_HDR (every frame is preceded by a 12-byte virtio-net header, so offloads can
-//! later pass through unchanged). Offloads are off for now (TUNSETOFFLOAD 0): the kernel
-//! completes checksums and segments before handing us a frame. Written on raw ioctls, as Cloud
+//! and IFF_VNET_HDR (every frame is preceded by a 12-byte virtio-net header, so offload state
+//! passes through unchanged both ways). With offloads on (TUNSETOFFLOAD), the kernel may hand us
+//! frames with partial checksums and TCP (and, where the kernel can, UDP) segmentation jobs, and
+//! takes the same from us; with them off, it hands us finished frames only and vnic finishes
+//! frames before writing them. Written on raw ioctls, as Cloud
 //! Hypervisor's net_util does, because the tap crates do not expose multiqueue + vnet headers
 //! with raw fds for our own epoll.
 
@@ -13,14 +15,22 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use crate::datapath::frame::Frame;
-use crate::datapath::net_header::HEADER_LEN;
+use crate::datapath::net_header::{NetHeader, HEADER_LEN};
 
-const TUN_F_NONE: libc::c_ulong = 0;
 const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
+/// TUNSETOFFLOAD flags (linux/if_tun.h).
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_TSO_ECN: u32 = 0x08;
+pub const TUN_F_USO4: u32 = 0x20;
+pub const TUN_F_USO6: u32 = 0x40;
 
 pub struct Tap {
     name: String,
     queues: Vec<File>,
+    /// TUN_F_* flags in force: what the kernel may hand us, and what we may hand it.
+    offloads: u32,
 }
 
 #[repr(C)]
@@ -66,8 +76,10 @@ fn ioctl_err(what: &str, name: &str) -> io::Error {
 }
 
 impl Tap {
-    /// Opens (creating if missing) tap `name` with `queues` queues, sets its MTU and brings it up.
-    pub fn open(name: &str, queues: u16, mtu: u16) -> io::Result<Tap> {
+    /// Opens (creating if missing) tap `name` with `queues` queues, sets its MTU and brings it
+    /// up. With `offloads`, enables checksum and segmentation offloads (UDP segmentation only
+    /// where the kernel knows it).
+    pub fn open(name: &str, queues: u16, mtu: u16, offloads: bool) -> io::Result<Tap> {
         validate_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut files = Vec::with_capacity(queues as usize);
         for _ in 0..queues {
@@ -105,15 +117,20 @@ impl Tap {
             if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
                 return Err(ioctl_err("TUNSETVNETHDRSZ", name));
             }
-            // SAFETY: valid fd, integer argument.
-            if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, TUN_F_NONE) } < 0 {
-                return Err(ioctl_err("TUNSETOFFLOAD", name));
-            }
             files.push(file);
         }
+        let wanted = if offloads {
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6
+        } else {
+            0
+        };
+        let offloads = set_offloads(&files, wanted)
+            .or_else(|_| set_offloads(&files, wanted & !(TUN_F_USO4 | TUN_F_USO6)))
+            .map_err(|_| ioctl_err("TUNSETOFFLOAD", name))?;
         let tap = Tap {
             name: name.to_string(),
             queues: files,
+            offloads,
         };
         tap.set_mtu_and_up(mtu)?;
         Ok(tap)
@@ -157,13 +174,23 @@ impl Tap {
         &self.name
     }
 
+    /// TUN_F_* offload flags in force.
+    pub fn offloads(&self) -> u32 {
+        self.offloads
+    }
+
     pub fn queue_fd(&self, queue: usize) -> RawFd {
         self.queues[queue].as_raw_fd()
     }
 
-    /// Writes one frame (with a plain virtio-net header) to tap queue `queue`.
-    pub fn write_frame(&self, queue: usize, data: &[u8]) -> io::Result<()> {
-        let hdr = [0u8; HEADER_LEN];
+    /// Writes one frame with its virtio-net header to tap queue `queue`. The header must only
+    /// ask for offloads in [`Tap::offloads`].
+    pub fn write_frame(&self, queue: usize, header: &NetHeader, data: &[u8]) -> io::Result<()> {
+        let hdr = NetHeader {
+            num_buffers: 0,
+            ..*header
+        }
+        .to_bytes();
         let iov = [
             libc::iovec {
                 iov_base: hdr.as_ptr() as *mut _,
@@ -211,6 +238,21 @@ impl Tap {
         let payload = (n as usize).saturating_sub(HEADER_LEN);
         // SAFETY: readv initialised `payload` bytes of the spare capacity.
         unsafe { frame.data.set_len(payload) };
+        frame.header = NetHeader {
+            num_buffers: 0,
+            ..NetHeader::from_bytes(&hdr)
+        };
         Ok(true)
     }
+}
+
+/// Applies TUNSETOFFLOAD `flags` to every queue; returns the flags on success.
+fn set_offloads(queues: &[File], flags: u32) -> io::Result<u32> {
+    for q in queues {
+        // SAFETY: valid fd, integer argument.
+        if unsafe { libc::ioctl(q.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(flags)
 }
