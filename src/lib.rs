@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod device;
 pub mod net;
+pub mod offload;
 pub mod port;
 pub mod ratelimit;
 pub mod stats;

@@ -1,0 +1,460 @@
+//! Software segmentation: one GSO frame cut into frames of at most `gso_size` payload bytes,
+//! as a NIC's TSO/USO would (and as Linux's `tcp_gso_segment`/`__udp_gso_segment` do).
+//!
+//! Each segment is written once: the replicated headers, then its slice of the payload, into a
+//! frame from the pool; then its header fields are patched in place. Per segment:
+//! - IPv4: total length, ID = first ID + index (wrapping), header checksum;
+//!   IPv6: payload length (extension headers replicated as they are);
+//! - TCP: sequence number advanced by the payload before it; FIN and PSH only on the last
+//!   segment, CWR only on the first; UDP: its own length;
+//! - L4 checksum: a partial one (pseudo-header sum, `F_NEEDS_CSUM`) for a destination with
+//!   GUEST_CSUM, which costs no pass over the payload; else a complete one, summed over the
+//!   segment just written (still in cache).
+
+use super::checksum::{self, add, finish, fold, pseudo_rest};
+use super::parse::{IpVersion, TCP_CWR, TCP_FIN, TCP_PSH};
+use super::validate::GsoPlan;
+use super::GsoKind;
+use crate::datapath::frame::{Frame, FramePool};
+use crate::datapath::net_header::{NetHeader, F_NEEDS_CSUM};
+
+/// Cuts `src` (checked by `plan_gso`) into `plan.segments` frames pushed to `out`; returns how
+/// many. `src` itself is left untouched.
+pub(crate) fn segment(
+    src: &Frame,
+    plan: &GsoPlan,
+    partial: bool,
+    pool: &FramePool,
+    out: &mut Vec<Frame>,
+) -> usize {
+    let data = &src.data;
+    let headers = &data[..plan.hdr_len];
+    let payload = &data[plan.hdr_len..plan.hdr_len + plan.payload_len];
+    let first = Originals::read(data, plan);
+    // The addresses of the pseudo-header are the same for every segment: sum them once.
+    let (src_addr, dst_addr) = plan
+        .hdrs
+        .pseudo_addresses(data)
+        .expect("plan_gso checked the pseudo-header addresses");
+    let addresses = add(add(0, src_addr), dst_addr);
+    out.reserve(plan.segments);
+    for i in 0..plan.segments {
+        let start = i * plan.mss;
+        let end = (start + plan.mss).min(payload.len());
+        let mut seg = pool.get();
+        seg.data.reserve(plan.hdr_len + (end - start));
+        seg.data.extend_from_slice(headers);
+        seg.data.extend_from_slice(&payload[start..end]);
+        seg.flow_hash = src.flow_hash;
+        let position = Position {
+            index: i,
+            last: i + 1 == plan.segments,
+            payload_offset: start,
+            payload_len: end - start,
+        };
+        patch_ip(&mut seg.data, plan, &first, &position);
+        patch_l4(&mut seg.data, plan, &first, &position);
+        seg.header = fill_l4_checksum(&mut seg.data, plan, addresses, partial);
+        out.push(seg);
+    }
+    plan.segments
+}
+
+/// Header fields of the GSO frame that segments derive theirs from.
+struct Originals {
+    ip_id: u16,
+    tcp_seq: u32,
+    tcp_flags: u8,
+}
+
+impl Originals {
+    fn read(data: &[u8], plan: &GsoPlan) -> Self {
+        let l3 = plan.hdrs.l3_off;
+        let l4 = plan.hdrs.l4_off;
+        let ip_id = match plan.hdrs.ip {
+            IpVersion::V4 => u16::from_be_bytes([data[l3 + 4], data[l3 + 5]]),
+            IpVersion::V6 => 0,
+        };
+        let (tcp_seq, tcp_flags) = match plan.kind {
+            GsoKind::Tcp => (
+                u32::from_be_bytes([data[l4 + 4], data[l4 + 5], data[l4 + 6], data[l4 + 7]]),
+                data[l4 + 13],
+            ),
+            GsoKind::Udp => (0, 0),
+        };
+        Originals {
+            ip_id,
+            tcp_seq,
+            tcp_flags,
+        }
+    }
+}
+
+/// Where a segment sits in the job.
+struct Position {
+    index: usize,
+    last: bool,
+    payload_offset: usize,
+    payload_len: usize,
+}
+
+fn put_u16(data: &mut [u8], at: usize, v: u16) {
+    data[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+fn patch_ip(seg: &mut [u8], plan: &GsoPlan, first: &Originals, pos: &Position) {
+    let l3 = plan.hdrs.l3_off;
+    let ip_len = seg.len() - l3;
+    match plan.hdrs.ip {
+        IpVersion::V4 => {
+            put_u16(seg, l3 + 2, ip_len as u16);
+            put_u16(seg, l3 + 4, first.ip_id.wrapping_add(pos.index as u16));
+            checksum::set_ipv4_header_checksum(&mut seg[l3..l3 + plan.hdrs.l3_hdr_len]);
+        }
+        IpVersion::V6 => put_u16(seg, l3 + 4, (ip_len - plan.hdrs.l3_hdr_len) as u16),
+    }
+}
+
+fn patch_l4(seg: &mut [u8], plan: &GsoPlan, first: &Originals, pos: &Position) {
+    let l4 = plan.hdrs.l4_off;
+    match plan.kind {
+        GsoKind::Tcp => {
+            let seq = first.tcp_seq.wrapping_add(pos.payload_offset as u32);
+            seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            let mut flags = first.tcp_flags;
+            if !pos.last {
+                flags &= !(TCP_FIN | TCP_PSH);
+            }
+            if pos.index != 0 {
+                flags &= !TCP_CWR;
+            }
+            seg[l4 + 13] = flags;
+        }
+        GsoKind::Udp => put_u16(seg, l4 + 4, (plan.l4_hdr_len + pos.payload_len) as u16),
+    }
+}
+
+/// Writes the segment's L4 checksum (partial or complete) and returns its virtio-net header.
+fn fill_l4_checksum(seg: &mut [u8], plan: &GsoPlan, addresses: u64, partial: bool) -> NetHeader {
+    let l4 = plan.hdrs.l4_off;
+    let field = l4 + plan.kind.csum_offset() as usize;
+    let l4_len = (seg.len() - l4) as u32;
+    let pseudo = addresses + pseudo_rest(plan.kind.protocol(), l4_len);
+    if partial {
+        // The field holds the folded pseudo-header sum; the receiver adds the rest.
+        put_u16(seg, field, fold(pseudo));
+        return NetHeader {
+            flags: F_NEEDS_CSUM,
+            csum_start: l4 as u16,
+            csum_offset: plan.kind.csum_offset(),
+            ..NetHeader::default()
+        };
+    }
+    put_u16(seg, field, 0);
+    let mut csum = finish(add(pseudo, &seg[l4..]));
+    if csum == 0 && plan.kind == GsoKind::Udp {
+        // 0 means "no checksum" to UDP; 0xffff is the same sum.
+        csum = 0xffff;
+    }
+    put_u16(seg, field, csum);
+    NetHeader::default()
+}
+
+/// Turns a GSO frame that carries `F_DATA_VALID` (a host tap's GRO output) into the partial form
+/// a virtio driver expects with `gso_type`: NEEDS_CSUM at the L4 checksum, seeded with the
+/// pseudo-header of the whole packet (as Linux's own TSO frames are).
+pub(crate) fn make_partial(frame: &mut Frame, plan: &GsoPlan) {
+    let l4 = plan.hdrs.l4_off;
+    let l4_len = frame.data.len() - l4;
+    let seed = checksum::pseudo_for(&frame.data, &plan.hdrs, plan.kind.protocol(), l4_len)
+        .expect("plan_gso checked the pseudo-header addresses");
+    put_u16(
+        &mut frame.data,
+        l4 + plan.kind.csum_offset() as usize,
+        fold(seed),
+    );
+    frame.header.flags = F_NEEDS_CSUM;
+    frame.header.csum_start = l4 as u16;
+    frame.header.csum_offset = plan.kind.csum_offset();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::*;
+    use crate::datapath::net_header::NetHeader;
+    use etherparse::{LaxSlicedPacket, NetSlice, SlicedPacket, TransportSlice};
+
+    /// Cuts with `adapt_for` for a destination without any offload (complete checksums) or with
+    /// GUEST_CSUM only (partial ones, then completed here to check them).
+    fn cut(f: Frame, partial_csum: bool) -> Vec<Frame> {
+        let pool = FramePool::new(64);
+        let mut out = Vec::new();
+        let caps = RxCaps {
+            partial_csum,
+            ..Default::default()
+        };
+        let n = adapt_for(f, caps, &pool, &mut out).unwrap();
+        assert_eq!(n, out.len());
+        if partial_csum {
+            for s in &mut out {
+                assert_eq!(s.header.flags, F_NEEDS_CSUM);
+                checksum::complete_partial(&mut s.data, s.header.csum_start, s.header.csum_offset)
+                    .unwrap();
+            }
+        } else {
+            assert!(out.iter().all(|s| s.header == NetHeader::default()));
+        }
+        out
+    }
+
+    struct Seg {
+        ip_id: Option<u16>,
+        seq: u32,
+        flags: u8,
+        payload: Vec<u8>,
+    }
+
+    /// Reads a segment with etherparse (strict: lengths must agree) and checks its checksums
+    /// with etherparse's checksum code.
+    fn read(data: &[u8]) -> Seg {
+        let p = SlicedPacket::from_ethernet(data).expect("segment parses strictly");
+        let (ip_id, src, dst) = match p.net.as_ref().unwrap() {
+            NetSlice::Ipv4(ip) => {
+                let h = ip.header();
+                assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
+                (
+                    Some(h.identification()),
+                    h.source().to_vec(),
+                    h.destination().to_vec(),
+                )
+            }
+            NetSlice::Ipv6(ip) => {
+                let h = ip.header();
+                (None, h.source().to_vec(), h.destination().to_vec())
+            }
+            _ => panic!(),
+        };
+        let final_dst = final_destination(data).unwrap_or(dst);
+        match p.transport.unwrap() {
+            TransportSlice::Tcp(t) => {
+                let c = if src.len() == 4 {
+                    t.calc_checksum_ipv4(
+                        src.as_slice().try_into().unwrap(),
+                        final_dst.as_slice().try_into().unwrap(),
+                    )
+                } else {
+                    t.calc_checksum_ipv6(
+                        src.as_slice().try_into().unwrap(),
+                        final_dst.as_slice().try_into().unwrap(),
+                    )
+                }
+                .unwrap();
+                assert!(c == t.checksum() || (c == 0 && t.checksum() == 0xffff));
+                Seg {
+                    ip_id,
+                    seq: t.sequence_number(),
+                    flags: t.slice()[13],
+                    payload: t.payload().to_vec(),
+                }
+            }
+            TransportSlice::Udp(u) => {
+                let hdr = u.to_header();
+                let c = if src.len() == 4 {
+                    hdr.calc_checksum_ipv4_raw(
+                        src.as_slice().try_into().unwrap(),
+                        final_dst.as_slice().try_into().unwrap(),
+                        u.payload(),
+                    )
+                } else {
+                    hdr.calc_checksum_ipv6_raw(
+                        src.as_slice().try_into().unwrap(),
+                        final_dst.as_slice().try_into().unwrap(),
+                        u.payload(),
+                    )
+                }
+                .unwrap();
+                assert_eq!(c, u.checksum());
+                assert_eq!(u.length() as usize, 8 + u.payload().len());
+                Seg {
+                    ip_id,
+                    seq: 0,
+                    flags: 0,
+                    payload: u.payload().to_vec(),
+                }
+            }
+            _ => panic!(),
+        }
+    }
+
+    /// The final destination named by a routing header with segments left, as the test
+    /// builders lay them out.
+    fn final_destination(data: &[u8]) -> Option<Vec<u8>> {
+        let p = LaxSlicedPacket::from_ethernet(data).ok()?;
+        let etherparse::LaxNetSlice::Ipv6(ip) = p.net? else {
+            return None;
+        };
+        for e in ip.extensions().clone() {
+            if let etherparse::Ipv6ExtensionSlice::Routing(r) = e {
+                let b = r.slice();
+                if b[3] > 0 {
+                    let at = if b[2] == 0 {
+                        8 + 16 * (b[1] as usize / 2 - 1)
+                    } else {
+                        8
+                    };
+                    return Some(b[at..at + 16].to_vec());
+                }
+            }
+        }
+        None
+    }
+
+    fn check_tcp_job(spec: &Spec, payload_len: usize, mss: u16, partial: bool) -> Vec<Seg> {
+        let payload = pattern(payload_len);
+        let gso = if spec.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+        let f = tso_frame(build_tcp(spec, &payload), gso, mss);
+        let segs: Vec<Seg> = cut(f, partial).iter().map(|s| read(&s.data)).collect();
+        assert_eq!(segs.len(), payload_len.div_ceil(mss as usize).max(1));
+        let mut joined = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert!(s.payload.len() <= mss as usize);
+            if i + 1 < segs.len() {
+                assert_eq!(s.payload.len(), mss as usize);
+            }
+            assert_eq!(s.seq, spec.seq.wrapping_add(joined.len() as u32));
+            if !spec.v6 {
+                assert_eq!(s.ip_id, Some(spec.ip_id.wrapping_add(i as u16)));
+            }
+            joined.extend_from_slice(&s.payload);
+        }
+        assert_eq!(joined, payload);
+        segs
+    }
+
+    #[test]
+    fn tcp_v4_ids_sequence_and_tiny_last_segment() {
+        let segs = check_tcp_job(&Spec::default(), 3 * 1448 + 1, 1448, false);
+        assert_eq!(segs.len(), 4);
+        assert_eq!(segs[3].payload.len(), 1);
+        // IDs wrap: 0xfffe, 0xffff, 0, 1.
+        assert_eq!(segs[2].ip_id, Some(0));
+    }
+
+    #[test]
+    fn payload_an_exact_multiple_of_gso_size() {
+        for partial in [false, true] {
+            let segs = check_tcp_job(&Spec::default(), 4 * 1000, 1000, partial);
+            assert_eq!(segs.len(), 4);
+            assert!(segs.iter().all(|s| s.payload.len() == 1000));
+        }
+    }
+
+    #[test]
+    fn fin_psh_only_on_the_last_cwr_only_on_the_first() {
+        let spec = Spec {
+            tcp_flags: TCP_ACK | TCP_PSH | TCP_FIN | TCP_CWR | TCP_ECE,
+            ..Spec::default()
+        };
+        let segs = check_tcp_job(&spec, 5000, 1200, false);
+        let n = segs.len();
+        for (i, s) in segs.iter().enumerate() {
+            assert_eq!(s.flags & (TCP_PSH | TCP_FIN) != 0, i + 1 == n, "seg {i}");
+            let end = if i + 1 == n { TCP_PSH | TCP_FIN } else { 0 };
+            assert_eq!(s.flags & (TCP_PSH | TCP_FIN), end);
+            assert_eq!(s.flags & TCP_CWR != 0, i == 0, "seg {i}");
+            // ACK and ECE stay on every segment.
+            assert_eq!(s.flags & (TCP_ACK | TCP_ECE), TCP_ACK | TCP_ECE);
+        }
+    }
+
+    #[test]
+    fn vlan_qinq_ipv4_options_and_tcp_options() {
+        for vlans in 0..=2 {
+            let spec = Spec {
+                vlans,
+                v4_options: vec![1, 1, 1, 0],
+                tcp_options: ts_option(1, 2),
+                ..Spec::default()
+            };
+            check_tcp_job(&spec, 7000, 1400, false);
+            check_tcp_job(&spec, 7000, 1400, true);
+        }
+    }
+
+    #[test]
+    fn tcp_v6_with_extension_headers() {
+        for exts in [
+            vec![],
+            vec![hop_by_hop()],
+            vec![hop_by_hop(), dest_options(), routing_srh(0, [4; 16])],
+            vec![hop_by_hop(), routing_srh(1, [4; 16])],
+            vec![routing_type2([6; 16]), dest_options()],
+        ] {
+            for vlans in [0, 1] {
+                let spec = Spec {
+                    v6: true,
+                    vlans,
+                    v6_exts: exts.clone(),
+                    ..Spec::default()
+                };
+                check_tcp_job(&spec, 9000, 1220, false);
+                check_tcp_job(&spec, 9000, 1220, true);
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_no_bigger_than_one_segment_is_one_frame() {
+        let segs = check_tcp_job(&Spec::default(), 100, 1448, false);
+        assert_eq!(segs.len(), 1);
+        let segs = check_tcp_job(&Spec::default(), 0, 1448, false);
+        assert_eq!(segs.len(), 1);
+    }
+
+    #[test]
+    fn uso_odd_sizes_each_segment_its_own_datagram() {
+        for v6 in [false, true] {
+            for (len, mss) in [(1001, 333), (999, 333), (7, 2), (2999, 1472), (1, 1)] {
+                let spec = Spec {
+                    v6,
+                    vlans: 1,
+                    ..Spec::default()
+                };
+                let payload = pattern(len);
+                let f = tso_frame(build_udp(&spec, &payload), GSO_UDP_L4, mss);
+                for partial in [false, true] {
+                    let out = cut(
+                        Frame {
+                            data: f.data.clone(),
+                            header: f.header,
+                            flow_hash: 0,
+                        },
+                        partial,
+                    );
+                    assert_eq!(out.len(), len.div_ceil(mss as usize));
+                    let mut joined = Vec::new();
+                    for (i, s) in out.iter().enumerate() {
+                        let seg = read(&s.data);
+                        assert!(seg.payload.len() <= mss as usize);
+                        if !v6 {
+                            assert_eq!(seg.ip_id, Some(spec.ip_id.wrapping_add(i as u16)));
+                        }
+                        joined.extend_from_slice(&seg.payload);
+                    }
+                    assert_eq!(joined, payload);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn segments_keep_the_flow_hash_and_recycle_the_job() {
+        let pool = FramePool::new(64);
+        let mut out = Vec::new();
+        let f = tso_frame(build_tcp(&Spec::default(), &pattern(3000)), GSO_TCPV4, 1000);
+        adapt_for(f, RxCaps::default(), &pool, &mut out).unwrap();
+        assert!(out.iter().all(|s| s.flow_hash == 0x1234));
+        assert_eq!(pool.parked(), 1, "the job's buffer went back to the pool");
+    }
+}

@@ -1,0 +1,396 @@
+//! A source's virtio-net header checked against its frame (hostile-guest class 8): every
+//! offset and size the header names must lie within the frame and agree with the headers
+//! actually found, before anything acts on it.
+
+use super::checksum::check_partial_bounds;
+use super::parse::{self, Headers, IpVersion, ParseError, PROTO_HOMA};
+use super::{GsoKind, GsoType, OffloadError, TxCaps, MAX_IP_LEN, MAX_SEGMENTS};
+use crate::datapath::frame::Frame;
+use crate::datapath::net_header::{F_DATA_VALID, F_NEEDS_CSUM};
+
+/// Checks a frame's header (as the guest sent it) against the frame and what was negotiated.
+///
+/// Refused, each with its own reason: flags other than NEEDS_CSUM; a partial checksum not
+/// negotiated or reaching past the frame; `hdr_len` past the frame; an unknown, unnegotiated
+/// or UFO `gso_type`; and every GSO frame that [`plan_gso`] refuses (gso_size 0 or too large,
+/// type not matching the headers, Homa, fragments, too many segments...).
+///
+/// This is for guests. A host tap's frames (from a trusted kernel, which marks frames it
+/// verified `F_DATA_VALID`, also GSO frames its GRO built) need no `validate_tx`:
+/// [`adapt_for`](super::adapt_for) checks every offload request it acts on or passes on.
+pub fn validate_tx(frame: &Frame, caps: TxCaps) -> Result<(), OffloadError> {
+    let h = &frame.header;
+    let len = frame.data.len();
+    if h.flags & !F_NEEDS_CSUM != 0 {
+        return Err(OffloadError::BadFlags);
+    }
+    let needs_csum = h.flags & F_NEEDS_CSUM != 0;
+    if needs_csum {
+        if !caps.csum {
+            return Err(OffloadError::CsumNotNegotiated);
+        }
+        check_partial_bounds(len, h.csum_start, h.csum_offset)?;
+        if h.hdr_len as usize > len {
+            return Err(OffloadError::HdrLenBeyondFrame);
+        }
+    }
+    let Some(gso) = GsoType::decode(h.gso_type).map_err(|e| match e {
+        // UFO is a type vnic never offers.
+        OffloadError::GsoUnsupported => OffloadError::GsoNotNegotiated,
+        e => e,
+    })?
+    else {
+        return Ok(());
+    };
+    let negotiated = match (gso.kind, gso.ip) {
+        (GsoKind::Tcp, Some(IpVersion::V4)) => caps.tso4,
+        (GsoKind::Tcp, _) => caps.tso6,
+        (GsoKind::Udp, _) => caps.uso,
+    };
+    if !negotiated || (gso.ecn && !caps.ecn) {
+        return Err(OffloadError::GsoNotNegotiated);
+    }
+    if !needs_csum {
+        // virtio 1.2 §5.1.6.2.1: a GSO frame MUST carry NEEDS_CSUM.
+        return Err(OffloadError::GsoWithoutCsum);
+    }
+    plan_gso(frame, gso).map(|_| ())
+}
+
+/// Everything segmentation needs, found once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GsoPlan {
+    pub hdrs: Headers,
+    pub kind: GsoKind,
+    /// TCP header with options, or 8 for UDP.
+    pub l4_hdr_len: usize,
+    /// Bytes replicated in front of every segment: Ethernet through L4 header.
+    pub hdr_len: usize,
+    pub mss: usize,
+    /// Payload bytes after `hdr_len`, to the end of the frame.
+    pub payload_len: usize,
+    pub segments: usize,
+}
+
+/// Checks a GSO frame against its headers and works out how it is cut. The frame's end is the
+/// end of the job (as for Linux GSO): the IP length fields are rewritten per segment anyway,
+/// and some drivers leave them unset on GSO frames.
+pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadError> {
+    let h = &frame.header;
+    let data = &frame.data;
+    let len = data.len();
+    if h.gso_size == 0 {
+        return Err(OffloadError::GsoSizeZero);
+    }
+    if h.hdr_len as usize > len {
+        return Err(OffloadError::HdrLenBeyondFrame);
+    }
+    let needs_csum = h.flags & F_NEEDS_CSUM != 0;
+    if !needs_csum && h.flags & F_DATA_VALID == 0 {
+        return Err(OffloadError::GsoWithoutCsum);
+    }
+    if needs_csum {
+        check_partial_bounds(len, h.csum_start, h.csum_offset)?;
+    }
+    let hdrs = parse::parse(data).map_err(|e| match e {
+        ParseError::NotIp => OffloadError::GsoTypeMismatch,
+        ParseError::Malformed => OffloadError::Unparseable,
+    })?;
+    if gso.ip.is_some_and(|ip| ip != hdrs.ip) {
+        return Err(OffloadError::GsoTypeMismatch);
+    }
+    // Homa claims TCP GSO; its header is checked like TCP's, then refused at the end.
+    let homa = gso.kind == GsoKind::Tcp && hdrs.proto == PROTO_HOMA;
+    if hdrs.proto != gso.kind.protocol() && !homa {
+        return Err(OffloadError::GsoTypeMismatch);
+    }
+    if hdrs.fragmented || hdrs.has_frag_header {
+        return Err(OffloadError::GsoFragment);
+    }
+    if hdrs.has_auth || hdrs.pseudo_addresses(data).is_none() {
+        return Err(OffloadError::UnsupportedHeaders);
+    }
+    let l4_hdr_len = match gso.kind {
+        GsoKind::Tcp => parse::tcp_header_len(data, hdrs.l4_off, len),
+        GsoKind::Udp => (hdrs.l4_off + 8 <= len).then_some(8),
+    }
+    .ok_or(OffloadError::Unparseable)?;
+    if needs_csum
+        && (h.csum_start as usize != hdrs.l4_off || h.csum_offset != gso.kind.csum_offset())
+    {
+        return Err(OffloadError::GsoCsumMismatch);
+    }
+    if len - hdrs.l3_off > MAX_IP_LEN {
+        return Err(OffloadError::GsoTooLong);
+    }
+    let hdr_len = hdrs.l4_off + l4_hdr_len;
+    let mss = h.gso_size as usize;
+    if mss + (hdr_len - hdrs.l3_off) > MAX_IP_LEN {
+        return Err(OffloadError::GsoSizeTooLarge);
+    }
+    let payload_len = len - hdr_len;
+    let segments = payload_len.div_ceil(mss).max(1);
+    if segments > MAX_SEGMENTS {
+        return Err(OffloadError::GsoTooManySegments);
+    }
+    if homa {
+        return Err(OffloadError::HomaGso);
+    }
+    Ok(GsoPlan {
+        hdrs,
+        kind: gso.kind,
+        l4_hdr_len,
+        hdr_len,
+        mss,
+        payload_len,
+        segments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::*;
+    use super::*;
+    use crate::datapath::net_header::NetHeader;
+
+    fn tcp4_job() -> Frame {
+        tso_frame(build_tcp(&Spec::default(), &pattern(4000)), GSO_TCPV4, 1448)
+    }
+
+    fn check(f: &Frame) -> Result<(), OffloadError> {
+        validate_tx(f, TxCaps::ALL)
+    }
+
+    #[test]
+    fn good_requests_pass() {
+        let plain = frame_of(build_tcp(&Spec::default(), b"x"));
+        assert_eq!(validate_tx(&plain, TxCaps::default()), Ok(()));
+        let p = partial(frame_of(build_udp(&Spec::default(), b"xyz")));
+        assert_eq!(check(&p), Ok(()));
+        assert_eq!(check(&tcp4_job()), Ok(()));
+        let v6 = Spec {
+            v6: true,
+            vlans: 1,
+            v6_exts: vec![hop_by_hop(), routing_srh(1, [3; 16])],
+            ..Spec::default()
+        };
+        assert_eq!(
+            check(&tso_frame(build_tcp(&v6, &pattern(3000)), GSO_TCPV6, 1000)),
+            Ok(())
+        );
+        assert_eq!(
+            check(&tso_frame(build_udp(&v6, &pattern(3000)), GSO_UDP_L4, 1000)),
+            Ok(())
+        );
+        // A job no bigger than one segment is still fine.
+        let small = tso_frame(build_tcp(&Spec::default(), b"tiny"), GSO_TCPV4, 1448);
+        assert_eq!(check(&small), Ok(()));
+    }
+
+    #[test]
+    fn flags_a_guest_may_not_set() {
+        let mut f = frame_of(build_tcp(&Spec::default(), b"x"));
+        f.header.flags = F_DATA_VALID;
+        assert_eq!(check(&f), Err(OffloadError::BadFlags));
+        f.header.flags = 4; // RSC_INFO
+        assert_eq!(check(&f), Err(OffloadError::BadFlags));
+    }
+
+    #[test]
+    fn partial_checksum_requests() {
+        let p = partial(frame_of(build_tcp(&Spec::default(), b"x")));
+        assert_eq!(
+            validate_tx(&p, TxCaps::default()),
+            Err(OffloadError::CsumNotNegotiated)
+        );
+        let len = p.data.len() as u16;
+        let mut f = p;
+        f.header.csum_start = len;
+        assert_eq!(check(&f), Err(OffloadError::CsumStartBeyondFrame));
+        f.header.csum_start = len - 2;
+        f.header.csum_offset = 1;
+        assert_eq!(check(&f), Err(OffloadError::CsumOffsetBeyondFrame));
+        f.header.csum_start = 34;
+        f.header.csum_offset = 16;
+        f.header.hdr_len = len + 1;
+        assert_eq!(check(&f), Err(OffloadError::HdrLenBeyondFrame));
+    }
+
+    #[test]
+    fn gso_type_and_negotiation() {
+        let mut f = tcp4_job();
+        assert_eq!(
+            validate_tx(
+                &f,
+                TxCaps {
+                    csum: true,
+                    tso6: true,
+                    ..Default::default()
+                }
+            ),
+            Err(OffloadError::GsoNotNegotiated)
+        );
+        f.header.gso_type = GSO_TCPV4 | GSO_ECN;
+        assert_eq!(
+            validate_tx(
+                &f,
+                TxCaps {
+                    csum: true,
+                    tso4: true,
+                    ..Default::default()
+                }
+            ),
+            Err(OffloadError::GsoNotNegotiated)
+        );
+        f.header.gso_type = GSO_UDP;
+        assert_eq!(check(&f), Err(OffloadError::GsoNotNegotiated));
+        f.header.gso_type = 7;
+        assert_eq!(check(&f), Err(OffloadError::GsoUnknownType));
+        f.header.gso_type = GSO_ECN;
+        assert_eq!(check(&f), Err(OffloadError::GsoUnknownType));
+        f.header.gso_type = GSO_TCPV4;
+        f.header.flags = 0;
+        assert_eq!(check(&f), Err(OffloadError::GsoWithoutCsum));
+    }
+
+    #[test]
+    fn gso_size_zero_and_too_large() {
+        let mut f = tcp4_job();
+        f.header.gso_size = 0;
+        assert_eq!(check(&f), Err(OffloadError::GsoSizeZero));
+        f.header.gso_size = 65535 - 40 + 1;
+        assert_eq!(check(&f), Err(OffloadError::GsoSizeTooLarge));
+        f.header.gso_size = 65535 - 40;
+        assert_eq!(check(&f), Ok(()));
+        f.header.gso_size = 3; // 4000 / 3 segments
+        assert_eq!(check(&f), Err(OffloadError::GsoTooManySegments));
+    }
+
+    #[test]
+    fn hdr_len_beyond_frame() {
+        let mut f = tcp4_job();
+        f.header.hdr_len = f.data.len() as u16 + 1;
+        assert_eq!(check(&f), Err(OffloadError::HdrLenBeyondFrame));
+        // hdr_len is a hint: smaller or bigger than the real headers is fine.
+        f.header.hdr_len = 0;
+        assert_eq!(check(&f), Ok(()));
+    }
+
+    #[test]
+    fn gso_type_not_matching_the_headers() {
+        let v6 = Spec {
+            v6: true,
+            ..Spec::default()
+        };
+        // TCPV4 on IPv6, TCPV6 on IPv4.
+        let f = tso_frame(build_tcp(&v6, &pattern(3000)), GSO_TCPV4, 1000);
+        assert_eq!(check(&f), Err(OffloadError::GsoTypeMismatch));
+        let f = tso_frame(build_tcp(&Spec::default(), &pattern(3000)), GSO_TCPV6, 1000);
+        assert_eq!(check(&f), Err(OffloadError::GsoTypeMismatch));
+        // TCPV4 on UDP, USO on TCP.
+        let f = tso_frame(build_udp(&Spec::default(), &pattern(3000)), GSO_TCPV4, 1000);
+        assert_eq!(check(&f), Err(OffloadError::GsoTypeMismatch));
+        let f = tso_frame(
+            build_tcp(&Spec::default(), &pattern(3000)),
+            GSO_UDP_L4,
+            1000,
+        );
+        assert_eq!(check(&f), Err(OffloadError::GsoTypeMismatch));
+        // Not IP at all.
+        let mut f = tcp4_job();
+        f.data[12] = 0x08;
+        f.data[13] = 0x06;
+        assert_eq!(check(&f), Err(OffloadError::GsoTypeMismatch));
+    }
+
+    #[test]
+    fn homa_is_refused() {
+        let homa = Spec {
+            protocol: PROTO_HOMA,
+            ..Spec::default()
+        };
+        let f = tso_frame(build_tcp(&homa, &pattern(3000)), GSO_TCPV4, 1000);
+        assert_eq!(check(&f), Err(OffloadError::HomaGso));
+        let homa6 = Spec { v6: true, ..homa };
+        let f = tso_frame(build_tcp(&homa6, &pattern(3000)), GSO_TCPV6, 1000);
+        assert_eq!(check(&f), Err(OffloadError::HomaGso));
+    }
+
+    #[test]
+    fn csum_fields_must_name_the_l4_checksum() {
+        let mut f = tcp4_job();
+        f.header.csum_offset = 6;
+        assert_eq!(check(&f), Err(OffloadError::GsoCsumMismatch));
+        f.header.csum_offset = 16;
+        f.header.csum_start = 30;
+        assert_eq!(check(&f), Err(OffloadError::GsoCsumMismatch));
+    }
+
+    #[test]
+    fn fragments_auth_and_truncation() {
+        let frag = Spec {
+            v6: true,
+            v6_exts: vec![fragment(false)],
+            ..Spec::default()
+        };
+        let f = tso_frame(build_udp(&frag, &pattern(3000)), GSO_UDP_L4, 1000);
+        assert_eq!(check(&f), Err(OffloadError::GsoFragment));
+        let mut f = tcp4_job();
+        f.data[14 + 6] = 0x20; // MF
+        assert_eq!(check(&f), Err(OffloadError::GsoFragment));
+        // A TCP header that claims more than the frame holds.
+        let mut f = tso_frame(build_tcp(&Spec::default(), b""), GSO_TCPV4, 1000);
+        f.data[34 + 12] = 0xf0;
+        assert_eq!(check(&f), Err(OffloadError::Unparseable));
+        // Truncated IPv4 header.
+        let mut f = tcp4_job();
+        f.data.truncate(30);
+        f.header.hdr_len = 0;
+        f.header.csum_start = 20;
+        f.header.csum_offset = 0;
+        assert_eq!(check(&f), Err(OffloadError::Unparseable));
+    }
+
+    #[test]
+    fn too_long() {
+        let mut f = tso_frame(
+            build_tcp(&Spec::default(), &pattern(65000)),
+            GSO_TCPV4,
+            1000,
+        );
+        f.data.extend_from_slice(&[0; 1000]);
+        assert_eq!(check(&f), Err(OffloadError::GsoTooLong));
+    }
+
+    #[test]
+    fn garbage_headers_never_panic() {
+        let data = build_tcp(&Spec::default(), &pattern(200));
+        let mut x: u32 = 12345;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for _ in 0..20000 {
+            let r = next();
+            let header = NetHeader {
+                flags: (r & 7) as u8,
+                gso_type: [0, 1, 3, 4, 5, 0x81, 0x85, 2][(r >> 3) as usize & 7],
+                hdr_len: (next() % 300) as u16,
+                gso_size: (next() % 300) as u16,
+                csum_start: (next() % 300) as u16,
+                csum_offset: (next() % 40) as u16,
+                num_buffers: 0,
+            };
+            let len = (next() as usize) % (data.len() + 1);
+            let f = Frame {
+                data: data[..len].to_vec(),
+                header,
+                flow_hash: 0,
+            };
+            let _ = validate_tx(&f, TxCaps::ALL);
+        }
+    }
+}
