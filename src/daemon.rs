@@ -20,7 +20,6 @@ use crate::capture::Capture;
 use crate::cli::{format_mac, AttachSpec, ServeArgs};
 use crate::control;
 use crate::datapath::frame::FramePool;
-use crate::device::features;
 use crate::device::server::serve_port;
 use crate::net::tap::Tap;
 use crate::net::{Attachment, Switch};
@@ -82,14 +81,8 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     for (id, cfg) in args.ports.iter().enumerate() {
         let tap = match &cfg.attach {
             AttachSpec::Tap(name) => Some(
-                Tap::open(
-                    name,
-                    cfg.queues,
-                    cfg.mtu,
-                    // The kernel's offloaded frames need a datapath that finishes them.
-                    cfg.tap_offloads && features::HONOURED_OFFLOADS != 0,
-                )
-                .with_context(|| format!("port {}", cfg.name()))?,
+                Tap::open(name, cfg.queues, cfg.mtu, cfg.tap_offloads)
+                    .with_context(|| format!("port {}", cfg.name()))?,
             ),
             AttachSpec::Switch => None,
         };

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
+use crate::offload::OffloadError;
+
 /// Why a frame was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
@@ -22,8 +24,6 @@ pub enum DropReason {
     TxShortFrame,
     /// A TX frame longer than the port's MTU allows.
     TxOversize,
-    /// A TX virtio-net header asking for an offload that was not negotiated.
-    TxBadHeader,
     /// The destination RX queue had no free guest buffers and its egress queue was full.
     RxNoBuffer,
     /// The frame did not fit in the guest's RX buffers.
@@ -38,15 +38,20 @@ pub enum DropReason {
     TapError,
     /// A unicast frame addressed to a MAC learned on the port it came from.
     SamePort,
+    /// A TX offload request (checksum, segmentation) inconsistent with the frame or with what
+    /// was negotiated; the precise reason is counted under `offload_<reason>`.
+    TxBadOffload,
+    /// A frame whose offload request cannot be carried out for this destination (UFO, Homa
+    /// segmentation, a malformed job from a tap); see `offload_<reason>`.
+    RxBadOffload,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::TxBadDescriptor,
         DropReason::TxShortFrame,
         DropReason::TxOversize,
-        DropReason::TxBadHeader,
         DropReason::RxNoBuffer,
         DropReason::RxBufferTooSmall,
         DropReason::RxBadDescriptor,
@@ -54,6 +59,8 @@ impl DropReason {
         DropReason::QueueDisabled,
         DropReason::TapError,
         DropReason::SamePort,
+        DropReason::TxBadOffload,
+        DropReason::RxBadOffload,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,7 +68,6 @@ impl DropReason {
             DropReason::TxBadDescriptor => "tx_bad_descriptor",
             DropReason::TxShortFrame => "tx_short_frame",
             DropReason::TxOversize => "tx_oversize",
-            DropReason::TxBadHeader => "tx_bad_header",
             DropReason::RxNoBuffer => "rx_no_buffer",
             DropReason::RxBufferTooSmall => "rx_buffer_too_small",
             DropReason::RxBadDescriptor => "rx_bad_descriptor",
@@ -69,6 +75,8 @@ impl DropReason {
             DropReason::QueueDisabled => "queue_disabled",
             DropReason::TapError => "tap_error",
             DropReason::SamePort => "same_port",
+            DropReason::TxBadOffload => "tx_bad_offload",
+            DropReason::RxBadOffload => "rx_bad_offload",
         }
     }
 }
@@ -85,7 +93,17 @@ pub struct PairCounters {
     pub tx_bytes: AtomicU64,
     pub tx_kicks: AtomicU64,
     pub tx_interrupts: AtomicU64,
+    /// Segmentation jobs (GSO frames) the guest sent.
+    pub tx_gso: AtomicU64,
+    /// GSO frames delivered to the guest as such (passed through or coalesced).
+    pub rx_gso: AtomicU64,
+    /// Frames vnic cut in software for this guest, which could not take a job as is.
+    pub rx_segments: AtomicU64,
+    /// Segments merged into larger frames by receive coalescing (LRO).
+    pub rx_coalesced: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
+    /// Offload refusals by precise reason (also counted under a [`DropReason`]).
+    offload_drops: [AtomicU64; OffloadError::COUNT],
 }
 
 /// Adds `n` to a counter. Relaxed: counters order nothing.
@@ -103,6 +121,12 @@ impl PairCounters {
     #[inline]
     pub fn drops_n(&self, reason: DropReason, n: u64) {
         add(&self.drops[reason as usize], n);
+    }
+
+    /// Counts a refused offload request under `reason` and its precise cause.
+    pub fn offload_drop(&self, reason: DropReason, cause: OffloadError) {
+        self.drop(reason);
+        add(&self.offload_drops[cause as usize], 1);
     }
 
     pub fn drops(&self, reason: DropReason) -> u64 {
@@ -129,7 +153,19 @@ impl PairCounters {
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name().to_string(), self.drops(*r)))
+                .chain(OffloadError::ALL.iter().map(|e| {
+                    (
+                        format!("offload_{}", e.name()),
+                        ld(&self.offload_drops[*e as usize]),
+                    )
+                }))
                 .collect(),
+            offload: OffloadSnapshot {
+                tx_gso: ld(&self.tx_gso),
+                rx_gso: ld(&self.rx_gso),
+                rx_segments: ld(&self.rx_segments),
+                rx_coalesced: ld(&self.rx_coalesced),
+            },
         }
     }
 }
@@ -170,6 +206,15 @@ pub struct DirectionSnapshot {
     pub interrupts: u64,
 }
 
+/// What the offload engines did on a queue pair.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OffloadSnapshot {
+    pub tx_gso: u64,
+    pub rx_gso: u64,
+    pub rx_segments: u64,
+    pub rx_coalesced: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PairSnapshot {
     pub index: u16,
@@ -177,6 +222,7 @@ pub struct PairSnapshot {
     pub rx: DirectionSnapshot,
     pub tx: DirectionSnapshot,
     pub drops: BTreeMap<String, u64>,
+    pub offload: OffloadSnapshot,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -301,6 +347,6 @@ mod tests {
         assert_eq!(snap[1].drops["rx_no_buffer"], 3);
         assert_eq!(snap[0].drops["rx_no_buffer"], 0);
         assert!(snap[1].enabled && !snap[0].enabled);
-        assert_eq!(snap[0].drops.len(), DropReason::COUNT);
+        assert_eq!(snap[0].drops.len(), DropReason::COUNT + OffloadError::COUNT);
     }
 }

@@ -173,7 +173,7 @@ fn tx_oversize_frame() {
 
 #[test]
 fn tx_offload_request_that_was_not_negotiated() {
-    tx_case("tx_bad_header", |g| {
+    tx_case("tx_bad_offload", |g| {
         let at = good_buffer(g);
         g.write_mem(at, &[1, 1]); // NEEDS_CSUM, GSO_TCPV4
         g.queue(TXQ).write_desc(RAW, Descriptor::new(at, 72, 0, 0));

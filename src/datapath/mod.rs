@@ -7,12 +7,15 @@
 //!   every guest-provided address and length.
 //! - [`queue_pair`]: the per-queue-pair worker: TX batches out to the attachment, RX from the
 //!   egress queue (or tap) into the guest, interrupts once per batch.
+//! - [`rx_stage`]: frames on their way into one RX queue: adapted to the guest's offloads,
+//!   coalesced (LRO), waiting in order for buffers.
 //! - [`steering`]: which RX queue of a port receives a frame.
 
 pub mod frame;
 pub mod guest_io;
 pub mod net_header;
 pub mod queue_pair;
+pub mod rx_stage;
 pub mod steering;
 
 /// Frames handled per batch: per TX pass, per forwarding call, per RX interrupt.

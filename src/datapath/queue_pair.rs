@@ -19,9 +19,11 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 use super::frame::{Frame, FramePool};
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
 use super::net_header::{NetHeader, HEADER_LEN};
+use super::rx_stage::RxStage;
 use super::steering::flow_hash;
 use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
 use crate::net::{Attachment, ForwardScratch};
+use crate::offload::{validate_tx, RxCaps, TxCaps};
 use crate::port::{EgressQueue, Port};
 use crate::stats::{add, DropReason, PairCounters};
 use crate::warn_ratelimited;
@@ -63,9 +65,12 @@ pub fn arm_rx_kick(queue: &mut Queue, mem: &GuestMem) -> bool {
         .is_ok_and(|now| now != seen)
 }
 
-/// Every frame waiting for an RX queue: the one held back, then its egress queue.
-fn waiting(held: Option<Frame>, egress: &EgressQueue) -> impl Iterator<Item = Frame> + '_ {
-    held.into_iter().chain(std::iter::from_fn(|| egress.pop()))
+/// Every frame waiting for an RX queue: those already staged, then its egress queue.
+fn waiting<'a>(
+    stage: &'a mut RxStage,
+    egress: &'a EgressQueue,
+) -> impl Iterator<Item = Frame> + 'a {
+    stage.take_all().chain(std::iter::from_fn(|| egress.pop()))
 }
 
 /// What the frontend negotiated that the datapath needs, fixed for a pass over a queue.
@@ -74,8 +79,17 @@ pub struct Negotiated {
     /// virtio-net header length on the rings: 12 with VERSION_1 or MRG_RXBUF, else 10.
     pub hdr_len: usize,
     pub mrg_rxbuf: bool,
-    /// Longest Ethernet frame accepted from or delivered to the guest.
+    /// Longest plain Ethernet frame (no segmentation job) accepted from the guest.
     pub max_frame: usize,
+    /// Longest frame accepted from the guest's TX queue: a segmentation job if it negotiated
+    /// HOST_TSO/USO, else `max_frame`.
+    pub tx_max_frame: usize,
+    /// Longest frame read from the port's tap (larger with tap offloads).
+    pub tap_max_frame: usize,
+    /// Offloads the guest may ask for on TX.
+    pub tx_caps: TxCaps,
+    /// Offloads the guest takes on RX.
+    pub rx_caps: RxCaps,
 }
 
 /// Whether the worker should watch the port's tap queue (it stops while the guest has no RX
@@ -91,8 +105,8 @@ pub struct QueuePair {
     pool: Arc<FramePool>,
     tx_batch: Vec<Frame>,
     forward: ForwardScratch,
-    /// A frame taken for RX that did not fit yet; offered again first.
-    rx_pending: Option<Frame>,
+    /// Frames adapted for this guest, waiting for its buffers.
+    rx_stage: RxStage,
     rx_scratch: RxScratch,
     rx_used: Vec<(u16, u32)>,
     tap_watched: bool,
@@ -112,7 +126,7 @@ impl QueuePair {
             pool,
             tx_batch: Vec::with_capacity(BATCH),
             forward: ForwardScratch::default(),
-            rx_pending: None,
+            rx_stage: RxStage::default(),
             rx_scratch: RxScratch::default(),
             rx_used: Vec::with_capacity(8),
             tap_watched: false,
@@ -145,23 +159,19 @@ impl QueuePair {
                         chain,
                         mem,
                         neg.hdr_len,
-                        neg.max_frame,
+                        neg.tx_max_frame,
                         &mut hdr,
                         &mut frame.data,
                     )
-                    .and_then(|()| {
-                        let header = NetHeader::from_bytes(&hdr);
-                        if header.is_plain() {
-                            Ok(())
-                        } else {
-                            Err(DropReason::TxBadHeader)
-                        }
-                    });
+                    .and_then(|()| self.check_tx_offload(&mut frame, &hdr, neg));
                     match result {
                         Ok(()) => {
                             let c = self.port.counters.pair(self.index);
                             add(&c.tx_packets, 1);
                             add(&c.tx_bytes, frame.data.len() as u64);
+                            if frame.header.gso_type != 0 {
+                                add(&c.tx_gso, 1);
+                            }
                             frame.flow_hash = flow_hash(&frame.data);
                             if let Some(capture) = &self.port.capture {
                                 capture.record(&frame.data);
@@ -169,13 +179,16 @@ impl QueuePair {
                             self.tx_batch.push(frame);
                         }
                         Err(reason) => {
-                            self.counters().drop(reason);
-                            warn_ratelimited!(
-                                "port {} queue {}: dropped a TX frame: {}",
-                                self.port.name,
-                                self.index,
-                                reason.name()
-                            );
+                            // Offload refusals were counted with their cause already.
+                            if reason != DropReason::TxBadOffload {
+                                self.counters().drop(reason);
+                                warn_ratelimited!(
+                                    "port {} queue {}: dropped a TX frame: {}",
+                                    self.port.name,
+                                    self.index,
+                                    reason.name()
+                                );
+                            }
                             self.pool.put(frame);
                         }
                     }
@@ -232,7 +245,13 @@ impl QueuePair {
         }
         let _ = state.disable_notification();
         let mut unsignalled = 0;
-        while let Some(mut frame) = self.next_rx_frame(neg) {
+        while let Some(mut frame) = self.rx_stage.next(
+            &self.port,
+            self.index,
+            &self.pool,
+            neg.rx_caps,
+            neg.tap_max_frame,
+        ) {
             let mut hdr = frame.header.to_bytes();
             let outcome = deliver_frame(
                 state.get_queue_mut(),
@@ -252,6 +271,9 @@ impl QueuePair {
                     let c = self.port.counters.pair(self.index);
                     add(&c.rx_packets, 1);
                     add(&c.rx_bytes, frame.data.len() as u64);
+                    if frame.header.gso_type != 0 {
+                        add(&c.rx_gso, 1);
+                    }
                     self.pool.put(frame);
                     unsignalled += 1;
                     if unsignalled >= BATCH {
@@ -271,7 +293,7 @@ impl QueuePair {
                     self.pool.put(frame);
                 }
                 RxOutcome::NoBuffers => {
-                    self.rx_pending = Some(frame);
+                    self.rx_stage.put_back(frame);
                     // Ask for a kick when buffers come; if some came meanwhile, go on.
                     if arm_rx_kick(state.get_queue_mut(), mem) {
                         continue;
@@ -292,6 +314,34 @@ impl QueuePair {
         }
     }
 
+    /// Checks a TX frame's virtio-net header against the frame and the negotiated offloads,
+    /// and keeps it with the frame. A refused request is counted under its precise reason.
+    fn check_tx_offload(
+        &self,
+        frame: &mut Frame,
+        hdr: &[u8; HEADER_LEN],
+        neg: &Negotiated,
+    ) -> Result<(), DropReason> {
+        frame.header = NetHeader {
+            num_buffers: 0,
+            ..NetHeader::from_bytes(hdr)
+        };
+        if frame.header.gso_type == 0 && frame.data.len() > neg.max_frame {
+            return Err(DropReason::TxOversize);
+        }
+        validate_tx(frame, neg.tx_caps).map_err(|e| {
+            self.counters().offload_drop(DropReason::TxBadOffload, e);
+            warn_ratelimited!(
+                "port {} queue {}: refused a TX offload request: {}",
+                self.port.name,
+                self.index,
+                e.name()
+            );
+            // Counted above with its cause; the caller must not count it again.
+            DropReason::TxBadOffload
+        })
+    }
+
     /// Raises the RX interrupt if the guest wants one for what was just published.
     fn signal_rx(&self, state: &mut VringState<GuestMemAtomic>, mem: &GuestMem) {
         if guest_wants_interrupt(state.get_queue_mut(), mem) {
@@ -300,33 +350,10 @@ impl QueuePair {
         }
     }
 
-    fn next_rx_frame(&mut self, neg: &Negotiated) -> Option<Frame> {
-        if let Some(f) = self.rx_pending.take() {
-            return Some(f);
-        }
-        if let Some(f) = self.port.egress[self.index].pop() {
-            return Some(f);
-        }
-        let tap = self.port.tap.as_ref()?;
-        let mut frame = self.pool.get();
-        match tap.read_frame(self.index, &mut frame, neg.max_frame) {
-            Ok(true) => Some(frame),
-            Ok(false) => {
-                self.pool.put(frame);
-                None
-            }
-            Err(e) => {
-                warn_ratelimited!("port {}: tap read failed: {e}", self.port.name);
-                self.pool.put(frame);
-                None
-            }
-        }
-    }
-
     /// The RX ring was stopped: drop (and count) every frame waiting for it.
     pub fn discard_rx(&mut self) {
         let counters = self.port.counters.pair(self.index);
-        for frame in waiting(self.rx_pending.take(), &self.port.egress[self.index]) {
+        for frame in waiting(&mut self.rx_stage, &self.port.egress[self.index]) {
             counters.drop(DropReason::QueueDisabled);
             self.pool.put(frame);
         }
@@ -343,7 +370,7 @@ impl QueuePair {
         let egress = &self.port.egress[self.index];
         egress.ack_wake();
         let mut wake = 0u32;
-        for frame in waiting(self.rx_pending.take(), egress) {
+        for frame in waiting(&mut self.rx_stage, egress) {
             if self.port.rx_enabled_mask() == 0 {
                 self.port
                     .counters

@@ -27,6 +27,7 @@ use crate::datapath::net_header::{HEADER_LEN, LEGACY_HEADER_LEN};
 use crate::datapath::queue_pair::{Negotiated, QueuePair, TapWatch};
 use crate::datapath::{GuestMemAtomic, Vring};
 use crate::net::Attachment;
+use crate::offload::{RxCaps, TxCaps, MAX_IP_LEN};
 use crate::port::Port;
 use crate::stats::add;
 
@@ -113,10 +114,27 @@ impl PortBackend {
         } else {
             LEGACY_HEADER_LEN
         };
+        let tx_caps = TxCaps::from_features(acked);
+        let max_frame = self.inner.port.config.mtu as usize + L2_OVERHEAD;
+        let job_frame = MAX_IP_LEN + L2_OVERHEAD;
+        let tap_offloads = self
+            .inner
+            .port
+            .tap
+            .as_ref()
+            .is_some_and(|t| t.offloads() != 0);
         Negotiated {
             hdr_len,
             mrg_rxbuf,
-            max_frame: self.inner.port.config.mtu as usize + L2_OVERHEAD,
+            max_frame,
+            tx_max_frame: if tx_caps.tso4 || tx_caps.tso6 || tx_caps.uso {
+                job_frame
+            } else {
+                max_frame
+            },
+            tap_max_frame: if tap_offloads { job_frame } else { max_frame },
+            tx_caps,
+            rx_caps: RxCaps::from_features(acked),
         }
     }
 }

@@ -57,7 +57,7 @@ pub const ALL_OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_GUEST_USO6);
 
 /// Offload bits the datapath honours today; the others are never offered.
-pub const HONOURED_OFFLOADS: u64 = 0;
+pub const HONOURED_OFFLOADS: u64 = ALL_OFFLOADS;
 
 /// Each offload bit and the bits it needs (virtio 1.2, 5.1.3.1).
 const PREREQUISITES: &[(u32, u64)] = &[

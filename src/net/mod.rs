@@ -9,6 +9,7 @@ pub mod tap;
 use std::sync::Arc;
 
 use crate::datapath::frame::{Frame, FramePool};
+use crate::offload::adapt_for;
 use crate::port::Port;
 use crate::stats::DropReason;
 
@@ -37,20 +38,26 @@ impl Attachment {
             Attachment::Switch(sw) => sw.forward(port, pair, batch, pool, scratch),
             Attachment::Tap => {
                 let counters = port.counters.pair(pair);
+                let Some(tap) = port.tap.as_ref() else {
+                    counters.drops_n(DropReason::TapError, batch.len() as u64);
+                    batch.drain(..).for_each(|f| pool.put(f));
+                    return;
+                };
+                let caps = tap.rx_caps();
                 for frame in batch.drain(..) {
-                    let sent = port
-                        .tap
-                        .as_ref()
-                        .map(|tap| tap.write_frame(pair, &frame.header, &frame.data));
-                    match sent {
-                        Some(Ok(())) => {}
-                        Some(Err(e)) => {
+                    // Finish what the tap cannot take (checksums, segmentation) first.
+                    scratch.adapted.clear();
+                    if let Err(e) = adapt_for(frame, caps, pool, &mut scratch.adapted) {
+                        counters.offload_drop(DropReason::RxBadOffload, e);
+                        continue;
+                    }
+                    for f in scratch.adapted.drain(..) {
+                        if let Err(e) = tap.write_frame(pair, &f.header, &f.data) {
                             counters.drop(DropReason::TapError);
                             crate::warn_ratelimited!("port {}: tap write failed: {e}", port.name);
                         }
-                        None => counters.drop(DropReason::TapError),
+                        pool.put(f);
                     }
-                    pool.put(frame);
                 }
             }
         }

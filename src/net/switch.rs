@@ -42,6 +42,8 @@ pub struct ForwardScratch {
     /// Per port index: RX queues to wake after the batch.
     wake: Vec<u32>,
     learn: Vec<Mac>,
+    /// Frames adapted for a destination that is not a guest (a tap).
+    pub(crate) adapted: Vec<Frame>,
 }
 
 pub struct Switch {

@@ -16,6 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use crate::datapath::frame::Frame;
 use crate::datapath::net_header::{NetHeader, HEADER_LEN};
+use crate::offload::RxCaps;
 
 const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
 /// TUNSETOFFLOAD flags (linux/if_tun.h).
@@ -177,6 +178,19 @@ impl Tap {
     /// TUN_F_* offload flags in force.
     pub fn offloads(&self) -> u32 {
         self.offloads
+    }
+
+    /// What vnic may write to the tap: the offloads in force (the same both ways).
+    pub fn rx_caps(&self) -> RxCaps {
+        let on = |f: u32| self.offloads & f != 0;
+        RxCaps {
+            partial_csum: on(TUN_F_CSUM),
+            tso4: on(TUN_F_CSUM) && on(TUN_F_TSO4),
+            tso6: on(TUN_F_CSUM) && on(TUN_F_TSO6),
+            ecn: on(TUN_F_TSO_ECN),
+            uso4: on(TUN_F_CSUM) && on(TUN_F_USO4),
+            uso6: on(TUN_F_CSUM) && on(TUN_F_USO6),
+        }
     }
 
     pub fn queue_fd(&self, queue: usize) -> RawFd {

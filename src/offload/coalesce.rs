@@ -57,6 +57,9 @@ pub struct Coalescer {
 }
 
 /// One flow's frame under construction: its first segment with later payloads appended.
+/// IPv4 "don't fragment" flag (in the byte at offset 6 of the header).
+const IPV4_DF: u8 = 0x40;
+
 struct Flow {
     frame: Frame,
     hdrs: Headers,
@@ -66,12 +69,24 @@ struct Flow {
     segments: usize,
     next_seq: u32,
     next_ip_id: u16,
+    /// The first segment's IPv4 ID, and how the IDs of this flow go on (decided by the second
+    /// segment): incrementing, or, with DF set, fixed, as Linux GRO accepts ("atomic"
+    /// datagrams from stacks that do not number DF packets).
+    first_ip_id: u16,
+    ip_ids: IpIds,
     /// Latest timestamp values, and where TSval sits in the frame.
     ts: Option<Timestamp>,
     /// PSH/FIN of the last segment.
     end_flags: u8,
     /// vnic verified the first segment's checksums (worth `F_DATA_VALID` if left alone).
     verified: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IpIds {
+    Unknown,
+    Increment,
+    Fixed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,6 +329,8 @@ impl Flow {
             segments: 1,
             next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
             next_ip_id: seg.ip_id.wrapping_add(1),
+            first_ip_id: seg.ip_id,
+            ip_ids: IpIds::Unknown,
             ts: seg.ts,
             end_flags: 0,
             verified,
@@ -333,9 +350,10 @@ impl Flow {
         }
         let same = |r: std::ops::Range<usize>| held[r.clone()] == data[r];
         let ip_same = match self.hdrs.ip {
-            // TOS; flags (DF); TTL. The ID must follow on.
+            // TOS; flags (DF); TTL. The ID must follow on (or stay fixed, with DF).
             IpVersion::V4 => {
-                seg.ip_id == self.next_ip_id
+                self.ip_id_mode(held[l3 + 6] & IPV4_DF != 0, seg.ip_id)
+                    .is_some()
                     && same(l3 + 1..l3 + 2)
                     && held[l3 + 6] & 0xe0 == data[l3 + 6] & 0xe0
                     && same(l3 + 8..l3 + 9)
@@ -370,7 +388,24 @@ impl Flow {
         }
     }
 
+    /// How the flow's IPv4 IDs go on if `id` is the next one, or None if it cannot.
+    fn ip_id_mode(&self, df: bool, id: u16) -> Option<IpIds> {
+        let follows = id == self.next_ip_id;
+        let fixed = df && id == self.first_ip_id;
+        match self.ip_ids {
+            IpIds::Increment if follows => Some(IpIds::Increment),
+            IpIds::Fixed if fixed => Some(IpIds::Fixed),
+            IpIds::Unknown if follows => Some(IpIds::Increment),
+            IpIds::Unknown if fixed => Some(IpIds::Fixed),
+            _ => None,
+        }
+    }
+
     fn merge(&mut self, data: &[u8], seg: &Segment) {
+        if self.hdrs.ip == IpVersion::V4 {
+            let df = self.frame.data[self.hdrs.l3_off + 6] & IPV4_DF != 0;
+            self.ip_ids = self.ip_id_mode(df, seg.ip_id).unwrap_or(IpIds::Increment);
+        }
         self.frame
             .data
             .extend_from_slice(&data[self.hdr_len..self.hdr_len + seg.payload_len]);
@@ -641,6 +676,33 @@ mod tests {
             vec![1000, 1000],
             "the retransmission starts a new frame"
         );
+    }
+
+    #[test]
+    fn fixed_ip_ids_merge_only_with_df() {
+        let spec = Spec::default();
+        let fixed = |segs: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+            segs.into_iter()
+                .map(|s| {
+                    edit(s, |d| {
+                        d[14 + 4] = 0;
+                        d[14 + 5] = 7;
+                    })
+                })
+                .collect()
+        };
+        // With DF (the default here): one frame.
+        let mut run = Run::new(4);
+        for d in fixed(train(&spec, 3, 500)) {
+            run.push(d);
+        }
+        assert_eq!(run.flush().len(), 1);
+        // Without DF: fixed IDs end the frame at every segment.
+        let mut run = Run::new(4);
+        for d in fixed(train(&spec, 3, 500)) {
+            run.push(edit(d, |d| d[14 + 6] &= !0x40));
+        }
+        assert_eq!(run.flush().len(), 3);
     }
 
     #[test]
