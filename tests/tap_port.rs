@@ -199,3 +199,85 @@ fn existing_tap_without_multiqueue_is_a_clear_error() {
     let _ = Command::new("ip").args(["link", "del", &tap]).status();
     assert!(err.contains(&tap) && err.contains("multi_queue"), "{err}");
 }
+
+/// A guest's TCP segmentation job reaches the host through the tap: as one large frame when the
+/// tap's offloads are on, cut into MTU-sized segments by vnic when they are off.
+fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
+    use vnic::testdriver::features::*;
+    require_root();
+    let tap = tap_name(if tap_offloads { "on" } else { "off" });
+    let onoff = if tap_offloads { "on" } else { "off" };
+    let net = start(&[&format!("attach=tap:{tap},tap_offloads={onoff}")]);
+    let host = HostSide::bind(&tap);
+    let plain = vnic::device::features::offered(vnic::device::features::ALL_OFFLOADS)
+        & vnic::testdriver::DRIVER_FEATURES;
+    let mut g = net.connect(
+        0,
+        GuestOptions {
+            features: Some(plain | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4),
+            tx_buffer_size: 65600,
+            ..GuestOptions::default()
+        },
+    );
+    // 20000 bytes of TCP payload, MSS 1448, partial checksum as a Linux guest sends it.
+    let payload: Vec<u8> = (0..20_000).map(|i| i as u8).collect();
+    let b = etherparse::PacketBuilder::ethernet2(mac(1), mac(9))
+        .ipv4([10, 9, 0, 1], [10, 9, 0, 2], 64)
+        .tcp(40000, 5201, 1, 64000)
+        .ack(1);
+    let mut f = Vec::new();
+    b.write(&mut f, &payload).unwrap();
+    let (l4, tcp_len) = (34usize, f.len() - 34);
+    let mut acc: u32 = 0;
+    for c in f[26..34]
+        .chunks(2)
+        .chain([[0u8, 6].as_slice()])
+        .chain([(tcp_len as u16).to_be_bytes().as_slice()])
+    {
+        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    f[l4 + 16..l4 + 18].copy_from_slice(&(acc as u16).to_be_bytes());
+    let mut hdr = [0u8; 12];
+    hdr[0] = 1; // NEEDS_CSUM
+    hdr[1] = 1; // GSO_TCPV4
+    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
+    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
+    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    assert!(g.send_with_header(0, &hdr, &f).unwrap());
+
+    // The host sees TCP frames of that flow; collect their sizes until the payload is there.
+    let deadline = Instant::now() + WAIT;
+    let (mut sizes, mut got) = (Vec::new(), 0usize);
+    let mut buf = vec![0u8; 65536];
+    while got < payload.len() && Instant::now() < deadline {
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::recv(host.0.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+        if n > 54 && buf[23] == 6 && buf[26..30] == [10, 9, 0, 1] {
+            sizes.push(n as usize);
+            got += n as usize - 54;
+        }
+    }
+    assert_eq!(
+        got,
+        payload.len(),
+        "all the payload reached the host: {sizes:?}"
+    );
+    sizes
+}
+
+#[test]
+fn tso_job_reaches_the_host_whole_with_tap_offloads() {
+    let sizes = tso_job_through_tap(true);
+    assert_eq!(sizes, vec![20_054], "one large frame");
+}
+
+#[test]
+fn tso_job_is_segmented_for_a_tap_without_offloads() {
+    let sizes = tso_job_through_tap(false);
+    assert_eq!(sizes.len(), 20_000usize.div_ceil(1448));
+    assert!(sizes.iter().all(|s| *s <= 1514), "MTU-sized: {sizes:?}");
+}
