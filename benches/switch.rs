@@ -12,7 +12,7 @@
 //! A benchmark, not a test: it asserts nothing about speed. Figures go to docs/performance.md.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -20,29 +20,8 @@ use std::time::{Duration, Instant};
 
 use vnic::testdriver::{GuestOptions, TestGuest};
 
-const VNIC: &str = env!("CARGO_BIN_EXE_vnic");
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-/// CPU seconds (user + system) the process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
+mod common;
+use common::{seconds_per_case, start_vnic, Daemon};
 
 fn frame(len: usize, flow: u16) -> Vec<u8> {
     let mut f = vec![0u8; len];
@@ -80,15 +59,13 @@ impl Backend {
     fn start(self, a: &Path, b: &Path, control: &Path, pairs: u16) -> Daemon {
         let mut cmd = match self {
             Backend::Vnic => {
-                let mut c = Command::new(VNIC);
-                c.env("RUST_LOG", "warn")
-                    .arg("serve")
-                    .arg(format!("--control={}", control.display()))
-                    .arg("--port")
-                    .arg(format!("socket={},queues={pairs}", a.display()))
-                    .arg("--port")
-                    .arg(format!("socket={},queues={pairs}", b.display()));
-                c
+                return start_vnic(
+                    control,
+                    &[
+                        (a, format!("queues={pairs}")),
+                        (b, format!("queues={pairs}")),
+                    ],
+                )
             }
             Backend::DpdkVhost => {
                 let mut c = Command::new("dpdk-testpmd");
@@ -198,14 +175,13 @@ fn run_case(backend: Backend, dir: &Path, pairs: u16, frame_len: usize, secs: f6
         })
     };
     thread::sleep(Duration::from_millis(500)); // warm-up
-    let pid = daemon.0.id();
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = daemon.cpu_seconds();
     let t0 = Instant::now();
     counting.store(true, Ordering::Relaxed);
     thread::sleep(Duration::from_secs_f64(secs));
     counting.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu = daemon.cpu_seconds() - cpu0;
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().unwrap();
     let (frames, bytes) = receiver.join().unwrap();
@@ -218,15 +194,7 @@ fn run_case(backend: Backend, dir: &Path, pairs: u16, frame_len: usize, secs: f6
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing special: run briefly.
-    let secs: f64 = std::env::var("VNIC_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if std::env::args().any(|a| a == "--bench") {
-            3.0
-        } else {
-            0.3
-        });
+    let secs = seconds_per_case();
     let dir: PathBuf = tempfile::tempdir().unwrap().keep();
     println!(
         "vnic switch benchmark: 2 ports, test-driver guests, {secs} s per case, {} CPUs",

@@ -4,15 +4,12 @@
 mod common;
 
 use common::*;
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{SlicedPacket, TransportSlice};
 use vnic::device::features::{offered, ALL_OFFLOADS};
 use vnic::testdriver::features::*;
+use vnic::testdriver::frames::{self, F_DATA_VALID, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 use vnic::testdriver::{GuestOptions, RxFrame, TestGuest, DRIVER_FEATURES};
 
-const F_NEEDS_CSUM: u8 = 1;
-const F_DATA_VALID: u8 = 2;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
 const MSS: usize = 1448;
 
 fn plain() -> u64 {
@@ -40,66 +37,16 @@ fn tso_receiver() -> GuestOptions {
     }
 }
 
-/// Folded (not complemented) ones'-complement sum of 16-bit words.
-fn ones_sum(data: &[u8], mut acc: u32) -> u32 {
-    for c in data.chunks(2) {
-        acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc
-}
-
-/// One TCP/IPv4 frame with `payload`, sequence `seq`, flags by the builder callbacks; checksums
-/// complete.
 fn tcp4(seq: u32, payload: &[u8], psh: bool) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(mac(1), mac(2))
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .tcp(40000, 5201, seq, 64000)
-        .ack(1);
-    if psh {
-        b = b.psh();
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
+    frames::tcp4(mac(1), mac(2), seq, payload, psh)
 }
 
 fn tcp6(seq: u32, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(mac(1), mac(2))
-        .ipv6([0xfd; 16], [0xfe; 16], 64)
-        .tcp(40000, 5201, seq, 64000)
-        .ack(1);
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
+    frames::tcp6(mac(1), mac(2), seq, payload)
 }
 
-/// Turns a complete TCP frame into a segmentation job: the checksum field holds the
-/// pseudo-header sum (NEEDS_CSUM), as a Linux guest sends it. Returns (header, frame).
-fn as_tso_job(mut f: Vec<u8>, v6: bool) -> ([u8; 12], Vec<u8>) {
-    let (l3, ip_hdr) = (14usize, if v6 { 40 } else { 20 });
-    let l4 = l3 + ip_hdr;
-    let tcp_len = f.len() - l4;
-    let pseudo = if v6 {
-        let mut acc = ones_sum(&f[l3 + 8..l3 + 40], 0);
-        acc = ones_sum(&(tcp_len as u32).to_be_bytes(), acc);
-        ones_sum(&[0, 0, 0, 6], acc)
-    } else {
-        let acc = ones_sum(&f[l3 + 12..l3 + 20], 0);
-        ones_sum(&[0, 6], ones_sum(&(tcp_len as u16).to_be_bytes(), acc))
-    };
-    f[l4 + 16..l4 + 18].copy_from_slice(&(pseudo as u16).to_be_bytes());
-    let hdr_len = (l4 + 20) as u16;
-    let mut h = [0u8; 12];
-    h[0] = F_NEEDS_CSUM;
-    h[1] = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-    h[2..4].copy_from_slice(&hdr_len.to_le_bytes());
-    h[4..6].copy_from_slice(&(MSS as u16).to_le_bytes());
-    h[6..8].copy_from_slice(&(l4 as u16).to_le_bytes());
-    h[8..10].copy_from_slice(&16u16.to_le_bytes());
-    (h, f)
+fn as_tso_job(f: Vec<u8>, v6: bool) -> ([u8; 12], Vec<u8>) {
+    frames::tso_job(f, v6, MSS as u16)
 }
 
 fn payload(len: usize) -> Vec<u8> {
@@ -267,7 +214,10 @@ fn lro_merges_in_order_segments_for_a_tso_guest() {
         assert_eq!(t.sequence_number() as usize, 1 + joined.len(), "in order");
         if f.data.len() > 1514 {
             assert_eq!(f.hdr[1], GSO_TCPV4, "a merged frame is a GSO frame");
-            assert!(f.hdr[0] & (F_NEEDS_CSUM | F_DATA_VALID) != 0, "partial or verified");
+            assert!(
+                f.hdr[0] & (F_NEEDS_CSUM | F_DATA_VALID) != 0,
+                "partial or verified"
+            );
         }
         joined.extend_from_slice(t.payload());
     }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use vnic::testdriver::frames::{tcp4, tso_job};
 use vnic::testdriver::GuestOptions;
 
 fn require_root() {
@@ -221,32 +222,7 @@ fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
     );
     // 20000 bytes of TCP payload, MSS 1448, partial checksum as a Linux guest sends it.
     let payload: Vec<u8> = (0..20_000).map(|i| i as u8).collect();
-    let b = etherparse::PacketBuilder::ethernet2(mac(1), mac(9))
-        .ipv4([10, 9, 0, 1], [10, 9, 0, 2], 64)
-        .tcp(40000, 5201, 1, 64000)
-        .ack(1);
-    let mut f = Vec::new();
-    b.write(&mut f, &payload).unwrap();
-    let (l4, tcp_len) = (34usize, f.len() - 34);
-    let mut acc: u32 = 0;
-    for c in f[26..34]
-        .chunks(2)
-        .chain([[0u8, 6].as_slice()])
-        .chain([(tcp_len as u16).to_be_bytes().as_slice()])
-    {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    f[l4 + 16..l4 + 18].copy_from_slice(&(acc as u16).to_be_bytes());
-    let mut hdr = [0u8; 12];
-    hdr[0] = 1; // NEEDS_CSUM
-    hdr[1] = 1; // GSO_TCPV4
-    hdr[2..4].copy_from_slice(&54u16.to_le_bytes());
-    hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
-    hdr[6..8].copy_from_slice(&34u16.to_le_bytes());
-    hdr[8..10].copy_from_slice(&16u16.to_le_bytes());
+    let (hdr, f) = tso_job(tcp4(mac(1), mac(9), 1, &payload, false), false, 1448);
     assert!(g.send_with_header(0, &hdr, &f).unwrap());
 
     // The host sees TCP frames of that flow; collect their sizes until the payload is there.
@@ -256,7 +232,7 @@ fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
     while got < payload.len() && Instant::now() < deadline {
         // SAFETY: buffer valid for its length.
         let n = unsafe { libc::recv(host.0.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
-        if n > 54 && buf[23] == 6 && buf[26..30] == [10, 9, 0, 1] {
+        if n > 54 && buf[23] == 6 && buf[26..30] == [10, 0, 0, 1] {
             sizes.push(n as usize);
             got += n as usize - 54;
         }

@@ -12,6 +12,7 @@
 //! addresses* (like QEMU), which the device must translate through the memory table.
 //! Descriptor addresses are guest-physical.
 
+pub mod frames;
 mod memory;
 mod net_queue;
 mod split_ring;
