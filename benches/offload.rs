@@ -26,6 +26,8 @@ const PAYLOAD: usize = 65_000;
 const MSS: u16 = 1448;
 
 struct Figures {
+    /// Drops at the receiving port, by reason.
+    drops: String,
     gbps: f64,
     frames_per_s: f64,
     vnic_cpu: f64,
@@ -111,12 +113,20 @@ fn run(secs: f64, receiver_takes_tso: bool) -> Figures {
     counting.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = daemon.cpu_seconds() - cpu0;
+    let stats = vnic::control::query_stats(&dir.path().join("c.sock")).expect("stats");
+    let drops: Vec<String> = stats.ports[1]
+        .total_drops()
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     stop.store(true, Ordering::Relaxed);
     send.join().unwrap();
     let (frames, bytes) = recv.join().unwrap();
     // Frame bytes include Ethernet/IP/TCP headers (54 per frame): count TCP payload only.
     let payload_bytes = bytes.saturating_sub(frames * 54);
     Figures {
+        drops: drops.join(" "),
         gbps: payload_bytes as f64 * 8.0 / elapsed / 1e9,
         frames_per_s: frames as f64 / elapsed,
         vnic_cpu: cpu / elapsed,
@@ -137,8 +147,9 @@ fn main() {
         (false, "no offloads (segmented by vnic)"),
     ] {
         let f = run(secs, takes_tso);
+        let drops = if f.drops.is_empty() { "none" } else { &f.drops };
         println!(
-            "{:>34} {:>12.2} {:>14.0} {:>12.2}",
+            "{:>34} {:>12.2} {:>14.0} {:>12.2}   drops: {drops}",
             what, f.gbps, f.frames_per_s, f.vnic_cpu
         );
     }
