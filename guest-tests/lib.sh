@@ -132,3 +132,149 @@ iface_stat() { cat "/sys/class/net/$1/statistics/$2"; }
 expect_eq() {
     [ "$1" = "$2" ] || fail "$3: got '$1', expected '$2'"
 }
+
+# --- helpers for the issue-3 guest tests ----------------------------------------------
+# (used by negotiation, interrupts, switch, tap, reconnect, queue-change, demo)
+
+# now: seconds since boot, with decimals
+now() { cut -d' ' -f1 /proc/uptime; }
+
+# sync_point NAME [HOLD]: tell the host scenario (which watches the console) that the guest
+# reached NAME, then stay there HOLD seconds (default 3) so the host can look at vnic while
+# this guest's state still holds (e.g. its queues are still enabled).
+sync_point() {
+    printf 'VNIC-SYNC %s\n' "$1"
+    sleep "${2:-3}"
+}
+
+# virtio_dev IFACE: the virtio device name behind IFACE (e.g. virtio1)
+virtio_dev() { basename "$(readlink -f "/sys/class/net/$1/device")"; }
+
+# irq_count NAME: total count over all CPUs of the /proc/interrupts line whose name is NAME
+# (empty if there is no such line)
+irq_count() {
+    awk -v n="$1" '
+        NR == 1 { ncpu = NF; next }
+        $NF == n { s = 0; for (i = 2; i <= ncpu + 1; i++) s += $i; print s; found = 1 }
+    ' /proc/interrupts
+}
+
+# channels IFACE: "MAX CURRENT" combined channels from ethtool -l
+channels() {
+    ethtool -l "$1" 2>/dev/null | awk '/^Combined:/ { v[++n] = $2 } END { print v[1], v[2] }'
+}
+# set_channels IFACE N: ethtool -L IFACE combined N and check that it took
+set_channels() {
+    ethtool -L "$1" combined "$2" || fail "ethtool -L $1 combined $2 failed"
+    _cur=$(channels "$1" | cut -d' ' -f2)
+    [ "$_cur" = "$2" ] || fail "after ethtool -L $1 combined $2, ethtool -l says current combined $_cur"
+}
+
+# iperf_json_intervals FILE: one line per interval of an iperf3 --json result:
+# "START END BYTES [REVERSE_BYTES]" (REVERSE_BYTES only with --bidir)
+iperf_json_intervals() {
+    awk '
+        /^\t"intervals":/ { inint = 1; next }
+        /^\t"end":/ { inint = 0 }
+        !inint { next }
+        /"sum":[ \t]*\{/ { insum = 1; rev = 0; next }
+        /"sum_bidir_reverse":[ \t]*\{/ { insum = 1; rev = 1; next }
+        insum && /"start":/ { v = $2; gsub(/[^0-9.]/, "", v); if (!rev) st = v }
+        insum && /"end":/ { v = $2; gsub(/[^0-9.]/, "", v); if (!rev) en = v }
+        insum && /"bytes":/ {
+            v = $2; gsub(/[^0-9]/, "", v)
+            if (rev) { rb[n] = v } else { n++; s[n] = st; e[n] = en; b[n] = v }
+        }
+        insum && /^\t*\}/ { insum = 0 }
+        END { for (i = 1; i <= n; i++) print s[i], e[i], b[i], rb[i] }
+    ' "$1"
+}
+# iperf_json_value FILE SECTION KEY: first numeric KEY inside "SECTION": { ... } of the
+# "end" object (e.g. iperf_json_value f sum lost_packets)
+iperf_json_value() {
+    awk -v sec="\"$2\":" -v key="\"$3\":" '
+        /^\t"end":/ { inend = 1 }
+        inend && index($0, sec) && /\{/ { insec = 1; next }
+        insec && index($0, key) == 0 && /^\t*\}/ { insec = 0 }
+        insec && $1 == key { v = $2; gsub(/[^0-9.e+-]/, "", v); print v; exit }
+    ' "$1"
+}
+# iperf_error FILE: the "error" string of an iperf3 --json result, if any
+iperf_error() { sed -n 's/^\t"error":[ \t]*"\(.*\)".*/\1/p' "$1"; }
+
+# check_iperf_json FILE WHAT: fail unless the run has no error, at least one interval and
+# every interval (each direction with --bidir) moved bytes; logs the per-interval rates.
+check_iperf_json() {
+    _e=$(iperf_error "$1")
+    [ -z "$_e" ] || fail "$2: iperf3 error: $_e"
+    iperf_json_intervals "$1" >/tmp/intervals.$$
+    _n=$(wc -l </tmp/intervals.$$)
+    [ "$_n" -gt 0 ] || fail "$2: no intervals in iperf3 output"
+    # A last interval shorter than 0.5 s is the tail after the end of the test: ignore it.
+    _last=$(tail -n 1 /tmp/intervals.$$)
+    if [ "$_n" -gt 1 ] && awk -v l="$_last" 'BEGIN { split(l, f, " "); exit !(f[2] - f[1] < 0.5) }'; then
+        sed -i '$d' /tmp/intervals.$$
+    fi
+    while read -r _s _en _b _rb; do
+        log "$2: $(awk -v s="$_s" -v e="$_en" -v b="$_b" -v r="$_rb" 'BEGIN {
+            d = e - s; if (d <= 0) d = 1
+            printf "%5.2f-%5.2fs %8.2f Mbit/s", s, e, b * 8 / d / 1e6
+            if (r != "") printf ", reverse %8.2f Mbit/s", r * 8 / d / 1e6 }')"
+        [ "$_b" -gt 0 ] || fail "$2: interval ${_s}-${_en}s moved 0 bytes (stall)"
+        [ -z "$_rb" ] || [ "$_rb" -gt 0 ] || fail "$2: interval ${_s}-${_en}s moved 0 bytes in reverse (stall)"
+    done </tmp/intervals.$$
+    rm -f /tmp/intervals.$$
+}
+
+# iperf_client OUT RETRIES ARGS...: run "iperf3 --json ARGS" until it connects (the server may
+# not be up yet), at most RETRIES times 1 s apart; result in OUT. Fails on other errors.
+iperf_client() {
+    _out=$1 _tries=$2; shift 2
+    _i=0
+    while :; do
+        _i=$((_i + 1))
+        timeout 120 iperf3 --json "$@" >"$_out" 2>/tmp/iperf.err
+        _rc=$?
+        _e=$(iperf_error "$_out")
+        if [ "$_rc" = 0 ] && [ -z "$_e" ]; then return 0; fi
+        case "$_e" in
+            *"unable to connect"*|*"Connection refused"*|*"server is busy"*)
+                [ "$_i" -lt "$_tries" ] || fail "iperf3 $*: $_e (after $_i tries)"
+                sleep 1 ;;
+            *) fail "iperf3 $* (rc $_rc): ${_e:-$(cat /tmp/iperf.err)}" ;;
+        esac
+    done
+}
+
+# wait_peer PEER SECS: wait until PEER answers ping (the other guest may still be booting)
+wait_peer() {
+    log "waiting for $1 to answer ping (up to ${2}s)"
+    wait_for_ping "$1" "$2" || fail "$1 does not answer ping after ${2}s"
+    log "$1 answers ping"
+}
+
+# net_up IFACE CIDR MTU: configure the NIC (address, link up, carrier) and check its MTU
+net_up() {
+    setup_ip "$1" "$2" 20 || fail "$1: no carrier 20 s after link up"
+    [ -z "${3:-}" ] || expect_eq "$(iface_mtu "$1")" "$3" "$1 MTU"
+    log "$1 up: $2 mtu $(iface_mtu "$1") mac $(iface_mac "$1") channels $(channels "$1")"
+}
+
+# ping_ok PEER COUNT [PING-OPTIONS...]: COUNT pings 0.2 s apart, all answered
+ping_ok() {
+    _p=$1 _c=$2; shift 2
+    _out=$(ping -c "$_c" -i 0.2 -W 2 "$@" "$_p" 2>&1)
+    _rx=$(printf '%s\n' "$_out" | sed -n 's/.* \([0-9][0-9]*\) received.*/\1/p')
+    log "ping${*:+ $*} $_p: ${_rx:-0}/$_c answered ($(printf '%s\n' "$_out" | grep -E '^rtt|^round-trip' || true))"
+    [ "${_rx:-0}" = "$_c" ]
+}
+
+# signal_done PEER [PORT]: tell PEER (waiting in wait_done) that we are finished
+signal_done() {
+    retry 30 1 sh -c "echo done | nc -w 5 $1 ${2:-5999}" || fail "could not tell $1 that we are done"
+}
+# wait_done [SECS] [PORT]: wait until the peer calls signal_done (TCP connection on PORT)
+wait_done() {
+    timeout "${1:-150}" nc -l -p "${2:-5999}" >/tmp/done.msg 2>/dev/null
+    grep -q done /tmp/done.msg || fail "the peer did not report done within ${1:-150}s"
+}

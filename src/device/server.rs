@@ -9,6 +9,7 @@ use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 
 use super::backend::PortBackend;
+use super::relay::{self, Relay};
 use crate::datapath::frame::FramePool;
 use crate::datapath::{GuestMem, GuestMemAtomic};
 use crate::net::Attachment;
@@ -19,7 +20,7 @@ pub fn serve_port(
     port: Arc<Port>,
     attachment: Attachment,
     pool: Arc<FramePool>,
-    mut listener: Listener,
+    listener: Listener,
 ) {
     loop {
         let mem = GuestMemAtomic::new(GuestMem::new());
@@ -38,14 +39,37 @@ pub fn serve_port(
             thread::sleep(Duration::from_secs(1));
             continue;
         }
-        if let Err(e) = daemon.start(&mut listener) {
-            log::warn!("port {}: accept failed: {e}", port.name);
-            thread::sleep(Duration::from_millis(100));
-            continue;
-        }
+        let frontend = loop {
+            match listener.accept() {
+                Ok(Some(stream)) => break Some(stream),
+                Ok(None) => continue,
+                Err(e) => {
+                    log::warn!("port {}: accept failed: {e}", port.name);
+                    thread::sleep(Duration::from_millis(100));
+                    break None;
+                }
+            }
+        };
+        let Some(frontend) = frontend else { continue };
+        // The library talks to the frontend through a relay (see `relay`): it fixes up QEMU's
+        // SET_VRING_ENABLE before SET_FEATURES, which the library would refuse.
+        let relay = match relay::library_end().and_then(|(mut inner, stream)| {
+            daemon
+                .start(&mut inner)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Relay::start(&port.name, frontend, stream)
+        }) {
+            Ok(relay) => relay,
+            Err(e) => {
+                log::error!("port {}: cannot start the connection: {e}", port.name);
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         port.on_connect();
         log::info!("port {}: frontend connected", port.name);
         let result = daemon.wait();
+        relay.stop();
         // Dropping the daemon stops and joins the workers before the port is reset.
         drop(daemon);
         drop(backend);

@@ -1,0 +1,258 @@
+# guest-tests/host/lib.sh: host-side helpers for the guest test scenarios (bash).
+# Not a test itself. A scenario guest-tests/host/NAME starts with
+#
+#     source "$(dirname "$0")/lib.sh"
+#
+# and then declares ports, starts vnic, boots guests and checks their verdicts. Everything it
+# starts (vnic, run-vm/QEMU, host-side helpers, network namespaces, taps) is stopped or deleted
+# by an EXIT trap, also when the scenario fails or is killed by SIGTERM/SIGINT.
+#
+# Environment (set by scripts/guest-tests; defaults when a scenario is run by hand):
+#   GT_NAME   test name (default: the scenario's file name)
+#   GT_LOGS   log directory (default target/guest-tests/NAME; emptied when run by hand)
+#   GT_WORK   fresh work directory for sockets and scratch files (default: a new /tmp dir)
+#   VNIC_BIN  the vnic binary (default target/release/vnic)
+#
+# Conventions:
+#   fail MSG      the scenario's verdict: writes MSG to $GT_LOGS/reason and exits 1
+#   pass          exits 0
+# Guest consoles are in $GT_LOGS/ID.console.log, run-vm's own output in ID.run-vm.log,
+# vnic's log in vnic.log, stats snapshots in stats-LABEL.json.
+
+set -uo pipefail
+
+GT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+GT_NAME=${GT_NAME:-$(basename "$0")}
+GT_LOGS=${GT_LOGS:-}
+if [[ -z "$GT_LOGS" ]]; then
+    GT_LOGS=$GT_REPO/target/guest-tests/$GT_NAME
+    rm -rf "$GT_LOGS"
+fi
+mkdir -p "$GT_LOGS"
+GT_OWN_WORK=0
+if [[ -z "${GT_WORK:-}" ]]; then
+    GT_WORK=$(mktemp -d "/tmp/vnic-gt-$GT_NAME.XXXXXX")
+    GT_OWN_WORK=1
+fi
+VNIC_BIN=${VNIC_BIN:-$GT_REPO/target/release/vnic}
+RUN_VM=$GT_REPO/scripts/run-vm
+# Seconds a guest may run before run-vm kills it (its verdict is then rc=124).
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-200}
+
+GT_T0=$(date +%s.%N)
+rm -f "$GT_LOGS/reason"
+
+# --- output and verdict -----------------------------------------------------------
+elapsed() { awk -v s="$GT_T0" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'; }
+log() { printf '[%6ss] %s\n' "$(elapsed)" "$*" >&2; }
+fail() {
+    log "FAIL: $*"
+    [[ -s "$GT_LOGS/reason" ]] || printf '%s\n' "$*" >"$GT_LOGS/reason"
+    exit 1
+}
+pass() { log "PASS${1:+: $*}"; exit 0; }
+need_cmd() { local c; for c; do command -v "$c" >/dev/null || fail "host command not found: $c (run scripts/install-deps)"; done; }
+
+# --- cleanup ----------------------------------------------------------------------
+declare -a GT_BG_PIDS=() GT_NETNS=() GT_TAPS=() GUESTS=()
+declare -A GUEST_PID=() GUEST_RC=()
+VNIC_PID=
+
+gt_cleanup() {
+    local rc=$? id pid i ns
+    trap - EXIT INT TERM
+    # Guests: run-vm kills its QEMU when it gets SIGTERM.
+    for id in "${GUESTS[@]}"; do
+        pid=${GUEST_PID[$id]:-}
+        [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${GT_BG_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for i in $(seq 1 30); do
+        local alive=0
+        for id in "${GUESTS[@]}"; do kill -0 "${GUEST_PID[$id]:-0}" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.2
+    done
+    for id in "${GUESTS[@]}"; do
+        pid=${GUEST_PID[$id]:-}
+        [[ -n "$pid" ]] && kill -KILL "$pid" 2>/dev/null
+    done
+    for pid in "${GT_BG_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+    if [[ -n "$VNIC_PID" ]] && kill -0 "$VNIC_PID" 2>/dev/null; then
+        kill -TERM "$VNIC_PID" 2>/dev/null
+        for i in $(seq 1 25); do kill -0 "$VNIC_PID" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$VNIC_PID" 2>/dev/null
+    fi
+    wait 2>/dev/null
+    for ns in "${GT_NETNS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    for i in "${GT_TAPS[@]}"; do ip link del "$i" 2>/dev/null; done
+    ((GT_OWN_WORK)) && rm -rf "$GT_WORK"
+    log "cleaned up (exit $rc)"
+    exit "$rc"
+}
+trap gt_cleanup EXIT
+trap 'fail "interrupted (SIGINT)"' INT
+trap 'fail "terminated (SIGTERM): test ran out of time?"' TERM
+
+# run_bg CMD...: run CMD in the background, killed at cleanup; its pid is in $!
+run_bg() { "$@" & GT_BG_PIDS+=($!); }
+
+# --- preconditions ----------------------------------------------------------------
+[[ $(id -u) == 0 ]] || fail "needs root (vhost-user sockets, taps, network namespaces)"
+[[ -x "$VNIC_BIN" ]] || fail "vnic binary missing: $VNIC_BIN (cargo build --release)"
+[[ -r $GT_REPO/target/guest/vmlinuz && -r $GT_REPO/target/guest/initramfs.cpio.gz ]] \
+    || fail "guest image missing (images/build-guest)"
+need_cmd jq ip qemu-system-x86_64
+
+# --- ports and vnic -----------------------------------------------------------------
+# add_port ID QUEUES MAC MTU [ATTACH]: declare a vnic port; its socket is $GT_WORK/ID.sock.
+declare -A P_SOCK=() P_Q=() P_MAC=() P_MTU=() P_ATTACH=()
+declare -a PORTS=()
+add_port() {
+    local id=$1
+    P_SOCK[$id]=$GT_WORK/$id.sock P_Q[$id]=$2 P_MAC[$id]=$3 P_MTU[$id]=$4 P_ATTACH[$id]=${5:-switch}
+    PORTS+=("$id")
+}
+CONTROL=$GT_WORK/control.sock
+VNIC_STARTS=0
+
+# start_vnic: start `vnic serve` with every declared port, wait until it answers `vnic stats`.
+start_vnic() {
+    local id args=() i
+    for id in "${PORTS[@]}"; do
+        args+=(--port "socket=${P_SOCK[$id]},queues=${P_Q[$id]},mac=${P_MAC[$id]},mtu=${P_MTU[$id]},attach=${P_ATTACH[$id]}")
+    done
+    VNIC_STARTS=$((VNIC_STARTS + 1))
+    printf '=== vnic start #%d: %s serve %s --control %s\n' "$VNIC_STARTS" "$VNIC_BIN" "${args[*]}" "$CONTROL" >>"$GT_LOGS/vnic.log"
+    log "starting vnic (#$VNIC_STARTS): ${args[*]}"
+    "$VNIC_BIN" serve "${args[@]}" --control "$CONTROL" >>"$GT_LOGS/vnic.log" 2>&1 </dev/null &
+    VNIC_PID=$!
+    for i in $(seq 1 100); do
+        kill -0 "$VNIC_PID" 2>/dev/null || fail "vnic exited at start-up: $(tail -n 1 "$GT_LOGS/vnic.log")"
+        if "$VNIC_BIN" stats --json --control "$CONTROL" >/dev/null 2>&1; then
+            for id in "${PORTS[@]}"; do
+                [[ -S ${P_SOCK[$id]} ]] || fail "vnic answers stats but port socket ${P_SOCK[$id]} is missing"
+            done
+            log "vnic running (pid $VNIC_PID)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "vnic did not answer 'vnic stats' within 10 s of starting"
+}
+
+# kill_vnic SIGNAL: send SIGNAL to vnic and wait for it to end.
+kill_vnic() {
+    local sig=${1:-TERM} i
+    [[ -n "$VNIC_PID" ]] || return 0
+    log "sending SIG$sig to vnic (pid $VNIC_PID)"
+    kill "-$sig" "$VNIC_PID" 2>/dev/null
+    for i in $(seq 1 50); do kill -0 "$VNIC_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$VNIC_PID" 2>/dev/null && fail "vnic (pid $VNIC_PID) still running 5 s after SIG$sig"
+    { wait "$VNIC_PID"; } 2>/dev/null
+    VNIC_PID=
+}
+
+# stop_vnic: SIGTERM (clean shutdown) and check the log for panics.
+stop_vnic() {
+    kill_vnic TERM
+    check_vnic_log
+}
+check_vnic_log() {
+    if grep -q 'panicked at' "$GT_LOGS/vnic.log"; then
+        fail "vnic panicked: $(grep -m1 'panicked at' "$GT_LOGS/vnic.log")"
+    fi
+}
+
+# vnic_stats_json: the daemon's `vnic stats --json`
+vnic_stats_json() { "$VNIC_BIN" stats --json --control "$CONTROL"; }
+# save_stats LABEL: save stats to $GT_LOGS/stats-LABEL.json (and print the file name)
+save_stats() {
+    local f=$GT_LOGS/stats-$1.json
+    vnic_stats_json >"$f" 2>>"$GT_LOGS/vnic.log" || fail "vnic stats failed ($1)"
+    echo "$f"
+}
+# port_json FILE ID: the port object of port ID from a stats file
+port_json() { jq -e --arg s "${P_SOCK[$2]}" '.ports[] | select(.socket == $s)' "$1"; }
+
+# --- guests ---------------------------------------------------------------------------
+# boot_guest ID TEST ARGS [RUN-VM-OPTIONS...]: boot a guest on port ID (same queues, MAC and
+# MTU as the port) running /guest-tests/TEST with vnic.args ARGS, in the background.
+boot_guest() {
+    local id=$1 test=$2 args=$3; shift 3
+    local cmd=("$RUN_VM" --socket "${P_SOCK[$id]}" --queues "${P_Q[$id]}" --mac "${P_MAC[$id]}"
+               --mtu "${P_MTU[$id]}" --test "$test" --args "$args" --timeout "$GUEST_TIMEOUT"
+               --log "$GT_LOGS/$id.console.log" "$@")
+    log "booting guest $id: ${cmd[*]}"
+    "${cmd[@]}" >"$GT_LOGS/$id.run-vm.log" 2>&1 </dev/null &
+    GUEST_PID[$id]=$!
+    GUESTS+=("$id")
+}
+
+guest_running() { kill -0 "${GUEST_PID[$1]}" 2>/dev/null; }
+
+# guest_reason ID: why guest ID failed, from its console and run-vm output
+guest_reason() {
+    local id=$1 rc=${GUEST_RC[$1]:-?} msg
+    msg=$(tr -d '\r' 2>/dev/null <"$GT_LOGS/$id.console.log" | grep -a -E '\] (FAIL|SKIP): ' | tail -n 1 | sed -E 's/^.*\] (FAIL|SKIP): /\1: /')
+    case "$rc" in
+        124) echo "guest $id timed out after ${GUEST_TIMEOUT}s${msg:+ ($msg)}" ;;
+        125) echo "guest $id: QEMU ended without a verdict ($(grep -a -m1 -E '^run-vm: QEMU exited' "$GT_LOGS/$id.run-vm.log" | sed 's/^run-vm: //'); see $id.run-vm.log)" ;;
+        130|143) echo "guest $id: run-vm was interrupted (status $rc)" ;;
+        77) echo "guest $id skipped (never acceptable here): ${msg:-no message}" ;;
+        *) echo "guest $id rc=$rc: ${msg:-no FAIL line (see $id.console.log)}" ;;
+    esac
+}
+
+# wait_guest ID: wait for guest ID's run-vm to end; sets GUEST_RC[ID]; returns the rc.
+wait_guest() {
+    local id=$1 rc=0
+    wait "${GUEST_PID[$id]}" || rc=$?
+    GUEST_RC[$id]=$rc
+    log "guest $id ended: rc=$rc"
+    return "$rc"
+}
+
+# wait_guests_pass ID...: wait for all; fail with the reasons of those that did not pass.
+wait_guests_pass() {
+    local id reasons=()
+    for id; do
+        wait_guest "$id" || reasons+=("$(guest_reason "$id")")
+    done
+    ((${#reasons[@]} == 0)) || fail "$(IFS=';'; echo "${reasons[*]}" | sed 's/;/; /g')"
+}
+
+# console ID: the console log of guest ID without carriage returns
+console() { tr -d '\r' 2>/dev/null <"$GT_LOGS/$1.console.log"; }
+
+# wait_console ID REGEX SECS: wait until guest ID's console has a line matching REGEX.
+# Fails the scenario if the guest ends first or SECS pass.
+wait_console() {
+    local id=$1 re=$2 secs=$3 end
+    end=$(($(date +%s) + secs))
+    while :; do
+        console "$id" | grep -a -q -E "$re" && return 0
+        if ! guest_running "$id"; then
+            wait_guest "$id"
+            fail "guest $id ended before printing /$re/: $(guest_reason "$id")"
+        fi
+        (($(date +%s) < end)) || fail "guest $id: no /$re/ on its console within ${secs}s"
+        sleep 0.2
+    done
+}
+# console_value ID KEY: the rest of the last console line starting with "KEY "
+console_value() { console "$1" | grep -a -E "^$2 " | tail -n 1 | cut -d' ' -f2-; }
+
+# --- network namespaces and taps ---------------------------------------------------------
+# add_netns NAME: create a network namespace (deleted at cleanup)
+add_netns() {
+    ip netns add "$1" || fail "cannot create network namespace $1"
+    GT_NETNS+=("$1")
+    echo "$1" >>"$GT_WORK/netns"
+    ip -n "$1" link set lo up
+}
+# register_tap NAME: delete tap NAME at cleanup if it still exists in the root namespace
+register_tap() { GT_TAPS+=("$1"); echo "$1" >>"$GT_WORK/taps"; }
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+log "test $GT_NAME: logs in $GT_LOGS, work dir $GT_WORK"
