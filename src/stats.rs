@@ -320,6 +320,23 @@ impl StatsSnapshot {
                     drops
                 );
             }
+            let o = p
+                .queues
+                .iter()
+                .fold(OffloadSnapshot::default(), |mut a, q| {
+                    a.tx_gso += q.offload.tx_gso;
+                    a.rx_gso += q.offload.rx_gso;
+                    a.rx_segments += q.offload.rx_segments;
+                    a.rx_coalesced += q.offload.rx_coalesced;
+                    a
+                });
+            if o != OffloadSnapshot::default() {
+                let _ = writeln!(
+                    out,
+                    "  offload: tx_gso={} rx_gso={} rx_segments={} rx_coalesced={}",
+                    o.tx_gso, o.rx_gso, o.rx_segments, o.rx_coalesced
+                );
+            }
             let nonzero: Vec<String> = p
                 .total_drops()
                 .into_iter()
