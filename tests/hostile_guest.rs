@@ -269,16 +269,6 @@ fn rx_buffer_loop() {
     rx_case(|_| Descriptor::new(0, 0, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, RAW));
 }
 
-/// A vhost-user message: header (request, flags = version 1, size) and body.
-fn vhost_msg(request: u32, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&request.to_le_bytes());
-    m.extend_from_slice(&1u32.to_le_bytes());
-    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 #[test]
 fn out_of_range_vring_index_ends_only_that_connection() {
     use std::io::{Read, Write};

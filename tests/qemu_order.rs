@@ -19,12 +19,7 @@ const SET_VRING_ENABLE: u32 = 18;
 const RESET_DEVICE: u32 = 34;
 
 fn send(s: &mut UnixStream, request: u32, body: &[u8]) {
-    let mut m = Vec::new();
-    m.extend_from_slice(&request.to_le_bytes());
-    m.extend_from_slice(&1u32.to_le_bytes()); // version 1, no NEED_REPLY
-    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    m.extend_from_slice(body);
-    s.write_all(&m).unwrap();
+    s.write_all(&vhost_msg(request, body)).unwrap();
 }
 
 /// Sends a request that has a u64 reply and returns it.

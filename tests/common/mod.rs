@@ -142,3 +142,14 @@ pub fn announce(guest: &mut TestGuest, src: [u8; 6], others: &mut [&mut TestGues
         assert_eq!(got.len(), 1, "announcement must flood");
     }
 }
+
+/// A raw vhost-user request: header (request, flags = version 1 without NEED_REPLY, size) and
+/// body, for tests that must send what a well-behaved frontend library would not.
+pub fn vhost_msg(request: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(12 + body.len());
+    m.extend_from_slice(&request.to_le_bytes());
+    m.extend_from_slice(&1u32.to_le_bytes());
+    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    m.extend_from_slice(body);
+    m
+}
