@@ -1,11 +1,18 @@
 //! Frames and the frame pool.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crossbeam_queue::ArrayQueue;
 
 use super::net_header::NetHeader;
 
 /// Room reserved in a fresh frame buffer: a full standard frame fits without growing.
 const INITIAL_CAPACITY: usize = 2048;
+/// A buffer above this size (a jumbo frame, a 64 KiB segmentation job) counts as large.
+const LARGE: usize = 4096;
+/// Large buffers the pool keeps parked; more are shrunk back when they return, so offloaded
+/// traffic cannot pin `capacity x 64 KiB` of memory (here at most 32 MiB of large buffers).
+pub const MAX_PARKED_LARGE: usize = 512;
 
 /// One Ethernet frame inside vnic, without its virtio-net header.
 #[derive(Debug)]
@@ -51,12 +58,15 @@ impl Frame {
 /// bounds the memory parked in the pool.
 pub struct FramePool {
     free: ArrayQueue<Frame>,
+    /// Large buffers among the parked ones.
+    parked_large: AtomicUsize,
 }
 
 impl FramePool {
     pub fn new(capacity: usize) -> Self {
         FramePool {
             free: ArrayQueue::new(capacity),
+            parked_large: AtomicUsize::new(0),
         }
     }
 
@@ -65,6 +75,9 @@ impl FramePool {
     pub fn get(&self) -> Frame {
         match self.free.pop() {
             Some(mut f) => {
+                if f.data.capacity() > LARGE {
+                    self.parked_large.fetch_sub(1, Ordering::Relaxed);
+                }
                 f.data.clear();
                 f.header = NetHeader::default();
                 f.flow_hash = 0;
@@ -84,8 +97,25 @@ impl FramePool {
     }
 
     #[inline]
-    pub fn put(&self, frame: Frame) {
-        let _ = self.free.push(frame);
+    pub fn put(&self, mut frame: Frame) {
+        let large = frame.data.capacity() > LARGE;
+        if large && self.parked_large.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED_LARGE {
+            self.parked_large.fetch_sub(1, Ordering::Relaxed);
+            frame.data = Vec::with_capacity(INITIAL_CAPACITY);
+            return self.park(frame, false);
+        }
+        self.park(frame, large);
+    }
+
+    fn park(&self, frame: Frame, large: bool) {
+        if self.free.push(frame).is_err() && large {
+            self.parked_large.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Large buffers parked now.
+    pub fn parked_large(&self) -> usize {
+        self.parked_large.load(Ordering::Relaxed)
     }
 
     /// Frames parked in the pool now.
@@ -107,6 +137,33 @@ mod tests {
         pool.put(f);
         let g = pool.get();
         assert!(g.data.is_empty() && g.data.capacity() >= 9000 && g.flow_hash == 0);
+    }
+
+    #[test]
+    fn parked_large_buffers_are_bounded() {
+        let pool = FramePool::new(MAX_PARKED_LARGE + 10);
+        let big: Vec<Frame> = (0..MAX_PARKED_LARGE + 10)
+            .map(|_| {
+                let mut f = pool.get();
+                f.data.resize(65_000, 0);
+                f
+            })
+            .collect();
+        for f in big {
+            pool.put(f);
+        }
+        assert_eq!(pool.parked(), MAX_PARKED_LARGE + 10, "every frame is kept");
+        assert_eq!(
+            pool.parked_large(),
+            MAX_PARKED_LARGE,
+            "but only so many stay large"
+        );
+        let reused: Vec<Frame> = (0..MAX_PARKED_LARGE + 10).map(|_| pool.get()).collect();
+        assert_eq!(
+            reused.iter().filter(|f| f.data.capacity() > LARGE).count(),
+            MAX_PARKED_LARGE
+        );
+        assert_eq!(pool.parked_large(), 0);
     }
 
     #[test]
