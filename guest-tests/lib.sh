@@ -278,3 +278,66 @@ wait_done() {
     timeout "${1:-150}" nc -l -p "${2:-5999}" >/tmp/done.msg 2>/dev/null
     grep -q done /tmp/done.msg || fail "the peer did not report done within ${1:-150}s"
 }
+
+# --- helpers for the issue-4 offload guest tests -----------------------------------------
+# (used by offload: guest-tests/host/offload-on, offload-mixed, offload-tap-on/-off)
+
+# csum_errors: the kernel's checksum error counters, "Icmp=N IpExt=N Tcp=N Udp=N UdpLite=N"
+# (InCsumErrors of /proc/net/snmp and /proc/net/netstat; what `nstat` calls TcpInCsumErrors,
+# UdpInCsumErrors, IcmpInCsumErrors, IpExtInCsumErrors).
+csum_errors() {
+    cat /proc/net/snmp /proc/net/netstat | awk '
+        { p = $1; sub(/:$/, "", p) }
+        !(p in hdr) { hdr[p] = $0; next }
+        {
+            n = split(hdr[p], names, " ")
+            for (i = 2; i <= n; i++) if (names[i] == "InCsumErrors") v[p] = $i
+        }
+        END { s = ""; for (k in v) s = s k "=" v[k] "\n"; printf "%s", s }' | sort | tr '\n' ' ' | sed 's/ $//'
+}
+# csum_error_total "Icmp=N Tcp=N ...": the sum of the counts
+csum_error_total() { printf '%s\n' "$1" | tr ' ' '\n' | awk -F= '{ s += $2 } END { print s + 0 }'; }
+
+# ethtool_feature IF NAME: "on" or "off" (the state ethtool -k shows for NAME, without [fixed])
+ethtool_feature() { ethtool -k "$1" 2>/dev/null | awk -v n="$2:" '$1 == n { print $2; exit }'; }
+
+# rx_capture_start IF FILE: tcpdump the TCP frames IF receives (-Q in; 128-byte snaplen, the
+# frame's full length is kept in the record) into FILE, in the background; waits until it
+# listens. rx_capture_stop: stops it (its "captured/dropped" counts are logged).
+rx_capture_start() {
+    tcpdump -i "$1" -Q in -nn -s 128 -U -Z root -w "$2" tcp >/tmp/rx-capture.err 2>&1 &
+    _cap_pid=$!
+    wait_until 10 grep -q 'listening on' /tmp/rx-capture.err \
+        || fail "tcpdump on $1 did not start: $(cat /tmp/rx-capture.err)"
+}
+rx_capture_stop() {
+    kill -INT "$_cap_pid" 2>/dev/null
+    wait "$_cap_pid" 2>/dev/null
+    log "tcpdump: $(grep -E 'captured|dropped by kernel' /tmp/rx-capture.err | tr '\n' ' ')"
+    RX_CAPTURED=$(sed -n 's/^\([0-9][0-9]*\) packets* captured.*/\1/p' /tmp/rx-capture.err)
+}
+# pcap_large_frames FILE LIMIT: the frames in FILE longer than LIMIT (MTU + 14):
+# "over=N max=BYTES big=N huge=N" (big = 20000 bytes or more, huge = 60000 or more; max = 0 when
+# over = 0). Only those frames are decoded (BPF "greater"): reading every frame of a capture
+# with tcpdump takes ~0.3 ms per frame under TCG.
+pcap_large_frames() {
+    tcpdump -r "$1" -nn -e -t greater $(($2 + 1)) 2>/dev/null | awk -v lim="$2" '
+        match($0, /ethertype [^,]*, length [0-9]+/) {
+            s = substr($0, RSTART, RLENGTH); sub(/.* length /, "", s); l = s + 0
+            if (l <= lim) next
+            over++; if (l > max) max = l
+            if (l >= 20000) big++; if (l >= 60000) huge++
+        }
+        END { printf "over=%d max=%d big=%d huge=%d\n", over, max, big, huge }'
+}
+# nic_counters IF: receive/transmit counters of IF and TCP retransmissions, for the log
+nic_counters() {
+    _o=""
+    for _c in rx_packets rx_dropped rx_errors rx_length_errors rx_over_errors tx_packets tx_dropped tx_errors; do
+        _o="$_o $_c=$(iface_stat "$1" "$_c")"
+    done
+    _r=$(awk '$1 == "Tcp:" { if (!h) { for (i = 2; i <= NF; i++) if ($i == "RetransSegs") c = i; h = 1 } else print $c }' /proc/net/snmp)
+    echo "${_o# } tcp_retrans=$_r"
+}
+# kv STRING KEY: the value of KEY=VALUE in a space-separated STRING
+kv() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }

@@ -105,12 +105,14 @@ run_bg() { "$@" & GT_BG_PIDS+=($!); }
 need_cmd jq ip qemu-system-x86_64
 
 # --- ports and vnic -----------------------------------------------------------------
-# add_port ID QUEUES MAC MTU [ATTACH]: declare a vnic port; its socket is $GT_WORK/ID.sock.
-declare -A P_SOCK=() P_Q=() P_MAC=() P_MTU=() P_ATTACH=()
+# add_port ID QUEUES MAC MTU [ATTACH] [KEYS]: declare a vnic port; its socket is
+# $GT_WORK/ID.sock. KEYS: more --port keys, comma-separated (e.g. "pcap=FILE,tap_offloads=off").
+declare -A P_SOCK=() P_Q=() P_MAC=() P_MTU=() P_ATTACH=() P_KEYS=()
 declare -a PORTS=()
 add_port() {
     local id=$1
     P_SOCK[$id]=$GT_WORK/$id.sock P_Q[$id]=$2 P_MAC[$id]=$3 P_MTU[$id]=$4 P_ATTACH[$id]=${5:-switch}
+    P_KEYS[$id]=${6:-}
     PORTS+=("$id")
 }
 CONTROL=$GT_WORK/control.sock
@@ -120,7 +122,7 @@ VNIC_STARTS=0
 start_vnic() {
     local id args=() i
     for id in "${PORTS[@]}"; do
-        args+=(--port "socket=${P_SOCK[$id]},queues=${P_Q[$id]},mac=${P_MAC[$id]},mtu=${P_MTU[$id]},attach=${P_ATTACH[$id]}")
+        args+=(--port "socket=${P_SOCK[$id]},queues=${P_Q[$id]},mac=${P_MAC[$id]},mtu=${P_MTU[$id]},attach=${P_ATTACH[$id]}${P_KEYS[$id]:+,${P_KEYS[$id]}}")
     done
     VNIC_STARTS=$((VNIC_STARTS + 1))
     printf '=== vnic start #%d: %s serve %s --control %s\n' "$VNIC_STARTS" "$VNIC_BIN" "${args[*]}" "$CONTROL" >>"$GT_LOGS/vnic.log"
@@ -256,3 +258,92 @@ register_tap() { GT_TAPS+=("$1"); echo "$1" >>"$GT_WORK/taps"; }
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 log "test $GT_NAME: logs in $GT_LOGS, work dir $GT_WORK"
+
+# --- helpers for the offload tests (offload-on, offload-mixed, offload-tap-on/-off) -------
+# pcap_tcp_sizes FILE LIMIT [FILTER...]: sizes of the frames in pcap FILE that match the
+# tcpdump FILTER (default "tcp"): "frames=N max=BYTES over=N big=N huge=N", over = longer
+# than LIMIT (MTU + 14), big = 20000 bytes or more, huge = 60000 or more (full frame lengths).
+pcap_tcp_sizes() {
+    local f=$1 lim=$2; shift 2
+    (($#)) || set -- tcp
+    need_cmd tcpdump
+    tcpdump -r "$f" -nn -e -t "$@" 2>/dev/null | awk -v lim="$lim" '
+        match($0, /ethertype [^,]*, length [0-9]+/) {
+            s = substr($0, RSTART, RLENGTH); sub(/.* length /, "", s); l = s + 0
+            n++; if (l > max) max = l
+            if (l > lim) over++; if (l >= 20000) big++; if (l >= 60000) huge++
+        }
+        END { printf "frames=%d max=%d over=%d big=%d huge=%d\n", n, max, over, big, huge }'
+}
+# kv STRING KEY: the value of KEY=VALUE in a space-separated STRING
+kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+
+# csum_errors [NS]: the checksum error counters of the root namespace or of netns NS,
+# "Icmp=N IpExt=N Tcp=N Udp=N UdpLite=N" (InCsumErrors in /proc/net/snmp and /proc/net/netstat)
+csum_errors() {
+    local cmd=(cat /proc/net/snmp /proc/net/netstat)
+    [[ -n "${1:-}" ]] && cmd=(ip netns exec "$1" "${cmd[@]}")
+    "${cmd[@]}" | awk '
+        { p = $1; sub(/:$/, "", p) }
+        !(p in hdr) { hdr[p] = $0; next }
+        {
+            n = split(hdr[p], names, " ")
+            for (i = 2; i <= n; i++) if (names[i] == "InCsumErrors") v[p] = $i
+        }
+        END { for (k in v) print k "=" v[k] }' | sort | tr '\n' ' ' | sed 's/ $//'
+}
+# csum_error_total "Icmp=N Tcp=N ...": the sum of the counts
+csum_error_total() { tr ' ' '\n' <<<"$1" | awk -F= '{ s += $2 } END { print s + 0 }'; }
+
+# port_offload FILE ID KEY: the sum over port ID's queue pairs of .offload.KEY (tx_gso, rx_gso,
+# rx_segments, rx_coalesced) in stats FILE
+port_offload() { jq -e --arg s "${P_SOCK[$2]}" --arg k "$3" '[.ports[] | select(.socket == $s) | .queues[].offload[$k]] | add' "$1"; }
+# port_features FILE ID: port ID's negotiated feature names, space-separated
+port_features() { jq -r --arg s "${P_SOCK[$2]}" '.ports[] | select(.socket == $s) | .feature_names | join(" ")' "$1"; }
+# port_bad_drops FILE ID: "reason=N ..." for every drop counter > 0 of port ID other than
+# port_down/queue_disabled (frames sent before a guest was up)
+port_bad_drops() {
+    jq -r --arg s "${P_SOCK[$2]}" '[.ports[] | select(.socket == $s) | .queues[].drops | to_entries[]
+        | select(.value > 0 and .key != "port_down" and .key != "queue_disabled")]
+        | group_by(.key) | map("\(.[0].key)=\(map(.value) | add)") | join(" ")' "$1"
+}
+# port_offload_summary FILE ID: one line for the log
+port_offload_summary() {
+    local k out=""
+    for k in tx_gso rx_gso rx_segments rx_coalesced; do out+="$k=$(port_offload "$1" "$2" "$k") "; done
+    echo "${out% }"
+}
+# The offload features vnic negotiates with a Linux 6.1 guest whose QEMU device keeps its
+# defaults (6.1's virtio_net has no USO; vnic offers no UFO).
+LINUX_OFFLOAD_FEATURES=(CSUM GUEST_CSUM HOST_TSO4 HOST_TSO6 HOST_ECN GUEST_TSO4 GUEST_TSO6 GUEST_ECN)
+ALL_OFFLOAD_FEATURES=(CSUM GUEST_CSUM HOST_TSO4 HOST_TSO6 HOST_ECN HOST_UFO HOST_USO GUEST_TSO4
+                      GUEST_TSO6 GUEST_ECN GUEST_UFO GUEST_USO4 GUEST_USO6)
+# expect_offload_features FILE ID all|none: port ID negotiated every one of
+# LINUX_OFFLOAD_FEATURES, or none of ALL_OFFLOAD_FEATURES
+expect_offload_features() {
+    local feats f
+    feats=" $(port_features "$1" "$2") "
+    log "port $2 negotiated: ${feats# }"
+    case "$3" in
+        all) for f in "${LINUX_OFFLOAD_FEATURES[@]}"; do
+                 [[ $feats == *" $f "* ]] || fail "port $2 did not negotiate $f (has:$feats)"
+             done ;;
+        none) for f in "${ALL_OFFLOAD_FEATURES[@]}"; do
+                 [[ $feats != *" $f "* ]] || fail "port $2 negotiated $f although its guest's device has offloads off (has:$feats)"
+             done ;;
+    esac
+}
+# pcap_csum_check FILE FILTER...: verify with tcpdump -vv the IPv4, TCP and UDP checksums of
+# the frames in FILE matching FILTER (which must be captured whole): "checked=N bad=N"
+# (checked = TCP/UDP checksums tcpdump verified; bad = wrong TCP/UDP or IP header checksums).
+# A frame carrying a partial checksum (an offloaded one) counts as bad: use it only where every
+# checksum must be complete.
+pcap_csum_check() {
+    local f=$1; shift
+    need_cmd tcpdump
+    tcpdump -r "$f" -nn -vv "$@" 2>/dev/null | awk '
+        /cksum 0x[0-9a-f]+ \(correct\)/ || /udp sum ok/ { ok++ }
+        /cksum 0x[0-9a-f]+ \(incorrect/ || /bad udp cksum/ { bad++ }
+        /bad cksum/ { bad++ }
+        END { printf "checked=%d bad=%d\n", ok + bad, bad }'
+}
