@@ -11,9 +11,9 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{seconds_per_case, start_vnic};
+use common::{measure, seconds_per_case, start_vnic};
 use vnic::device::features::{offered, ALL_OFFLOADS};
 use vnic::testdriver::features::*;
 use vnic::testdriver::frames::{tcp4, tso_job};
@@ -105,14 +105,7 @@ fn run(secs: f64, receiver_takes_tso: bool) -> Figures {
             (frames, bytes)
         })
     };
-    thread::sleep(Duration::from_millis(500));
-    let cpu0 = daemon.cpu_seconds();
-    let t0 = Instant::now();
-    counting.store(true, Ordering::Relaxed);
-    thread::sleep(Duration::from_secs_f64(secs));
-    counting.store(false, Ordering::Relaxed);
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = daemon.cpu_seconds() - cpu0;
+    let (elapsed, vnic_cpu) = measure(&daemon, &counting, secs);
     let stats = vnic::control::query_stats(&dir.path().join("c.sock")).expect("stats");
     let drops: Vec<String> = stats.ports[1]
         .total_drops()
@@ -129,7 +122,7 @@ fn run(secs: f64, receiver_takes_tso: bool) -> Figures {
         drops: drops.join(" "),
         gbps: payload_bytes as f64 * 8.0 / elapsed / 1e9,
         frames_per_s: frames as f64 / elapsed,
-        vnic_cpu: cpu / elapsed,
+        vnic_cpu,
     }
 }
 

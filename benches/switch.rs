@@ -16,12 +16,12 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vnic::testdriver::{GuestOptions, TestGuest};
 
 mod common;
-use common::{seconds_per_case, start_vnic, Daemon};
+use common::{measure, seconds_per_case, start_vnic, Daemon};
 
 fn frame(len: usize, flow: u16) -> Vec<u8> {
     let mut f = vec![0u8; len];
@@ -174,21 +174,14 @@ fn run_case(backend: Backend, dir: &Path, pairs: u16, frame_len: usize, secs: f6
             (frames, bytes)
         })
     };
-    thread::sleep(Duration::from_millis(500)); // warm-up
-    let cpu0 = daemon.cpu_seconds();
-    let t0 = Instant::now();
-    counting.store(true, Ordering::Relaxed);
-    thread::sleep(Duration::from_secs_f64(secs));
-    counting.store(false, Ordering::Relaxed);
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = daemon.cpu_seconds() - cpu0;
+    let (elapsed, vnic_cpu) = measure(&daemon, &counting, secs);
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().unwrap();
     let (frames, bytes) = receiver.join().unwrap();
     Result {
         pps: frames as f64 / elapsed,
         gbps: bytes as f64 * 8.0 / elapsed / 1e9,
-        vnic_cpu: cpu / elapsed,
+        vnic_cpu,
         sent,
     }
 }

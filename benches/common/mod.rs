@@ -61,3 +61,17 @@ pub fn seconds_per_case() -> f64 {
             0.3
         })
 }
+
+/// Runs the measuring window: half a second of warm-up, then `secs` with `counting` set, and
+/// returns (seconds measured, CPU cores the switch used meanwhile).
+pub fn measure(daemon: &Daemon, counting: &std::sync::atomic::AtomicBool, secs: f64) -> (f64, f64) {
+    use std::sync::atomic::Ordering;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cpu0 = daemon.cpu_seconds();
+    let t0 = std::time::Instant::now();
+    counting.store(true, Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+    counting.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    (elapsed, (daemon.cpu_seconds() - cpu0) / elapsed)
+}
