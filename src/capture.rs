@@ -13,22 +13,25 @@ use byteorder::NativeEndian;
 use pcap_file::pcap::{PcapHeader, PcapPacket};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
-/// Longest frame recorded whole (tcpdump's default); a 64 KiB offloaded frame fits.
+/// Longest frame recorded whole by default (tcpdump's default); a 64 KiB offloaded frame fits.
 pub const SNAPLEN: u32 = 262_144;
 
 pub struct Capture {
     path: PathBuf,
+    /// Bytes of each frame recorded (its full length is recorded too).
+    snaplen: u32,
     /// The file behind a buffer of our own, so that it can be flushed per batch.
     writer: Mutex<BufWriter<File>>,
 }
 
 impl Capture {
-    /// Creates (or truncates) the file at `path` and writes the pcap header.
-    pub fn create(path: &Path) -> io::Result<Capture> {
+    /// Creates (or truncates) the file at `path` and writes the pcap header. Each frame is
+    /// recorded up to `snaplen` bytes.
+    pub fn create(path: &Path, snaplen: u32) -> io::Result<Capture> {
         let file = File::create(path)
             .map_err(|e| io::Error::new(e.kind(), format!("pcap file {}: {e}", path.display())))?;
         let header = PcapHeader {
-            snaplen: SNAPLEN,
+            snaplen,
             datalink: DataLink::ETHERNET,
             ts_resolution: TsResolution::MicroSecond,
             endianness: Endianness::native(),
@@ -42,6 +45,7 @@ impl Capture {
         writer.flush()?;
         Ok(Capture {
             path: path.to_path_buf(),
+            snaplen,
             writer: Mutex::new(writer),
         })
     }
@@ -51,11 +55,11 @@ impl Capture {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let keep = frame.len().min(SNAPLEN as usize);
+        let keep = frame.len().min(self.snaplen as usize);
         let packet = PcapPacket::new(now, frame.len() as u32, &frame[..keep]);
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) =
-            packet.write_to::<_, NativeEndian>(&mut *w, TsResolution::MicroSecond, SNAPLEN)
+            packet.write_to::<_, NativeEndian>(&mut *w, TsResolution::MicroSecond, self.snaplen)
         {
             crate::warn_ratelimited!("pcap {}: {e}", self.path.display());
         }

@@ -88,6 +88,8 @@ pub struct PortConfig {
     pub attach: AttachSpec,
     /// Write what crosses the port to this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Bytes of each frame the pcap file keeps.
+    pub pcap_snaplen: u32,
     /// Offload feature bits enabled on the port (`features::ALL_OFFLOADS` unless switched off).
     pub offloads: u64,
     /// For `attach=tap:`: enable the tap's checksum and segmentation offloads.
@@ -105,7 +107,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -118,6 +120,7 @@ impl FromStr for PortConfig {
         let mut speed = DEFAULT_SPEED_MBPS;
         let mut attach = AttachSpec::Switch;
         let mut pcap = None;
+        let mut pcap_snaplen = crate::capture::SNAPLEN;
         let mut offloads = features::ALL_OFFLOADS;
         let mut tap_offloads = true;
         let mut seen: Vec<&str> = Vec::new();
@@ -165,6 +168,10 @@ impl FromStr for PortConfig {
                     );
                 }
                 "tap_offloads" => tap_offloads = parse_on_off(key, value)?,
+                "pcap_snaplen" => {
+                    pcap_snaplen =
+                        parse_range(key, value, 64, crate::capture::SNAPLEN as u64)? as u32
+                }
                 "offloads" => {
                     if !parse_on_off(key, value)? {
                         offloads = 0;
@@ -192,6 +199,7 @@ impl FromStr for PortConfig {
             speed,
             attach,
             pcap,
+            pcap_snaplen,
             offloads,
             tap_offloads,
         })

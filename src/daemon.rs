@@ -87,9 +87,10 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             AttachSpec::Switch => None,
         };
         let capture = match &cfg.pcap {
-            Some(path) => {
-                Some(Capture::create(path).with_context(|| format!("port {}", cfg.name()))?)
-            }
+            Some(path) => Some(
+                Capture::create(path, cfg.pcap_snaplen)
+                    .with_context(|| format!("port {}", cfg.name()))?,
+            ),
             None => None,
         };
         let port = Port::new(id, cfg.clone(), tap, capture)
