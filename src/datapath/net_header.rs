@@ -48,11 +48,6 @@ impl NetHeader {
         b[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
         b
     }
-
-    /// True if the header asks for no offload at all.
-    pub fn is_plain(&self) -> bool {
-        self.flags & F_NEEDS_CSUM == 0 && self.gso_type == GSO_NONE
-    }
 }
 
 #[cfg(test)]

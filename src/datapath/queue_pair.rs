@@ -3,7 +3,7 @@
 //!
 //! Each pair has its own worker thread (see `device::backend`), so this code runs without any
 //! lock shared with other pairs. Interrupts are raised once per batch and only when the guest
-//! asked for them (`needs_notification`, which honours EVENT_IDX and NO_INTERRUPT).
+//! asked for them ([`guest_wants_interrupt`]: EVENT_IDX's `used_event`, or NO_INTERRUPT).
 
 use std::sync::Arc;
 
