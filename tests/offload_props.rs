@@ -204,6 +204,9 @@ fn complete(f: &mut Frame) {
         .add_slice(&f.data[start..])
         .ones_complement()
         .to_be();
+    // A receiver stores a zero result as 0xffff (Linux's skb_checksum_help), since 0 means
+    // "no checksum" to UDP.
+    let c = if c == 0 { 0xffff } else { c };
     f.data[field..field + 2].copy_from_slice(&c.to_be_bytes());
 }
 
