@@ -226,6 +226,26 @@ check_iperf_json() {
     rm -f /tmp/intervals.$$
 }
 
+# --- payload integrity (vnic-stream, a static tool of this repo: guest-tests/tools) ------
+VNIC_STREAM_PORT=5310
+# stream_serve: start a vnic-stream server in the background (log in /tmp/stream-server.log)
+stream_serve() {
+    require_cmd vnic-stream
+    vnic-stream serve --listen "[::]:$VNIC_STREAM_PORT" >/tmp/stream-server.log 2>&1 &
+}
+# stream_check PEER BYTES STREAMS: BYTES on each of STREAMS TCP connections each way between
+# this guest and PEER's vnic-stream server, every byte compared with what was sent (iperf3
+# never looks at the bytes). Fails on a wrong, missing or stalled byte.
+stream_check() {
+    require_cmd vnic-stream
+    _out=$(vnic-stream run --to "$1:$VNIC_STREAM_PORT" --bytes "$2" --streams "$3" --dir both \
+           2>/tmp/stream-client.log)
+    _rc=$?
+    sed 's/^/    /' /tmp/stream-client.log
+    log "$_out"
+    [ "$_rc" = 0 ] || fail "vnic-stream with $1: $(grep -m1 -E 'FAILED|vnic-stream: [a-z]' /tmp/stream-client.log)"
+}
+
 # iperf_client OUT RETRIES ARGS...: run "iperf3 --json ARGS" until it connects (the server may
 # not be up yet), at most RETRIES times 1 s apart; result in OUT. Fails on other errors.
 iperf_client() {

@@ -209,6 +209,7 @@ guest_reason() {
 # wait_guest ID: wait for guest ID's run-vm to end; sets GUEST_RC[ID]; returns the rc.
 wait_guest() {
     local id=$1 rc=0
+    [[ -n "${GUEST_RC[$id]:-}" ]] && return "${GUEST_RC[$id]}"   # already reaped
     wait "${GUEST_PID[$id]}" || rc=$?
     GUEST_RC[$id]=$rc
     log "guest $id ended: rc=$rc"
@@ -228,9 +229,9 @@ wait_guests_pass() {
 console() { tr -d '\r' 2>/dev/null <"$GT_LOGS/$1.console.log"; }
 
 # wait_console ID REGEX SECS: wait until guest ID's console has a line matching REGEX.
-# Fails the scenario if the guest ends first or SECS pass.
+# Fails the scenario if the guest ends first, another guest ends with a failure, or SECS pass.
 wait_console() {
-    local id=$1 re=$2 secs=$3 end
+    local id=$1 re=$2 secs=$3 end other
     end=$(($(date +%s) + secs))
     while :; do
         console "$id" | grep -a -q -E "$re" && return 0
@@ -238,6 +239,11 @@ wait_console() {
             wait_guest "$id"
             fail "guest $id ended before printing /$re/: $(guest_reason "$id")"
         fi
+        # Another guest that failed is the reason (its peer may otherwise wait a long time).
+        for other in "${GUESTS[@]}"; do
+            [[ $other != "$id" && -z "${GUEST_RC[$other]:-}" ]] && ! guest_running "$other" || continue
+            wait_guest "$other" || fail "guest $other failed while guest $id had not printed /$re/: $(guest_reason "$other")"
+        done
         (($(date +%s) < end)) || fail "guest $id: no /$re/ on its console within ${secs}s"
         sleep 0.2
     done

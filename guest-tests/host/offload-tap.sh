@@ -5,10 +5,10 @@
 # tap_offloads=$TAP_OFFLOADS and pcap=FILE. As in the tap scenario, vnic creates the tap and this
 # scenario moves it into a netns of its own, with an address, an iperf3 server and tcpdump on
 # the tap. The guest (guest-tests/offload, GRO off) runs iperf3 TCP -P 2 to the netns and back
-# (-R), checks that it counted no checksum errors and that it received TCP frames longer than
-# MTU + 14 (either way vnic hands it large frames: the host's GSO frames as they are, or, with
-# the tap's offloads off, the tap's MTU-sized segments merged by vnic), then prints
-# "VNIC-SYNC checked" and waits. This scenario then checks:
+# (-R) and vnic-stream both ways (every byte verified by the receiver), checks that it counted
+# no checksum errors and that it received TCP frames longer than MTU + 14 (either way vnic
+# hands it large frames: the host's GSO frames as they are, or, with the tap's offloads off,
+# the tap's MTU-sized segments merged by vnic), then prints "VNIC-SYNC checked" and waits. This scenario then checks:
 #   - the tap's own features (ethtool -k in the netns): tx-checksumming and TSO = $TAP_OFFLOADS;
 #   - no checksum errors counted in the netns during the traffic (with the offloads off its
 #     kernel verifies every checksum, including those vnic completed for the guest's frames);
@@ -23,6 +23,7 @@
 #     whole in both cases) and frames longer than MTU + 14 delivered to it.
 source "$(dirname "$0")/lib.sh"
 need_cmd iperf3 tcpdump ethtool socat
+[[ -x $GT_REPO/target/guest-tools/vnic-stream ]] || fail "target/guest-tools/vnic-stream missing (images/build-guest builds it)"
 
 case "${TAP_OFFLOADS:-}" in on|off) ;; *) fail "TAP_OFFLOADS must be on or off (got '${TAP_OFFLOADS:-}')" ;; esac
 MODE=$TAP_OFFLOADS
@@ -55,6 +56,9 @@ TCPDUMP_PID=$!
 for i in $(seq 1 50); do grep -q 'listening on' "$GT_LOGS/tap-tcpdump.log" && break; sleep 0.2; done
 grep -q 'listening on' "$GT_LOGS/tap-tcpdump.log" || fail "tcpdump on $TAP did not start: $(cat "$GT_LOGS/tap-tcpdump.log")"
 run_bg ip netns exec "$NS" iperf3 -s >"$GT_LOGS/host-iperf3.log" 2>&1
+# The guests' payload checker (guest-tests/tools, static): the guest verifies what it receives,
+# this server what the guest sends.
+run_bg ip netns exec "$NS" "$GT_REPO/target/guest-tools/vnic-stream" serve >"$GT_LOGS/host-vnic-stream.log" 2>&1
 
 boot_guest g offload "role=client,peer_is=host,ip=$GUEST_IP/24,peer=$HOST_IP,mtu=$MTU,offloads=on,rx_large=yes,secs=4"
 wait_console g '^VNIC-SYNC checked' 200
