@@ -101,6 +101,9 @@ pub struct PairCounters {
     pub rx_segments: AtomicU64,
     /// Segments merged into larger frames by receive coalescing (LRO).
     pub rx_coalesced: AtomicU64,
+    /// Frames vnic cut in software from the guest's jobs for the port's tap, whose offloads
+    /// could not take them.
+    pub tap_segments: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
     /// Offload refusals by precise reason (also counted under a [`DropReason`]).
     offload_drops: [AtomicU64; OffloadError::COUNT],
@@ -165,6 +168,7 @@ impl PairCounters {
                 rx_gso: ld(&self.rx_gso),
                 rx_segments: ld(&self.rx_segments),
                 rx_coalesced: ld(&self.rx_coalesced),
+                tap_segments: ld(&self.tap_segments),
             },
         }
     }
@@ -213,6 +217,7 @@ pub struct OffloadSnapshot {
     pub rx_gso: u64,
     pub rx_segments: u64,
     pub rx_coalesced: u64,
+    pub tap_segments: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -328,13 +333,14 @@ impl StatsSnapshot {
                     a.rx_gso += q.offload.rx_gso;
                     a.rx_segments += q.offload.rx_segments;
                     a.rx_coalesced += q.offload.rx_coalesced;
+                    a.tap_segments += q.offload.tap_segments;
                     a
                 });
             if o != OffloadSnapshot::default() {
                 let _ = writeln!(
                     out,
-                    "  offload: tx_gso={} rx_gso={} rx_segments={} rx_coalesced={}",
-                    o.tx_gso, o.rx_gso, o.rx_segments, o.rx_coalesced
+                    "  offload: tx_gso={} rx_gso={} rx_segments={} rx_coalesced={} tap_segments={}",
+                    o.tx_gso, o.rx_gso, o.rx_segments, o.rx_coalesced, o.tap_segments
                 );
             }
             let nonzero: Vec<String> = p

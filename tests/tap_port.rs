@@ -242,6 +242,12 @@ fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
         payload.len(),
         "all the payload reached the host: {sizes:?}"
     );
+    let cut = net.stats().ports[0].queues[0].offload.tap_segments;
+    let want = if tap_offloads { 0 } else { sizes.len() as u64 };
+    assert_eq!(
+        cut, want,
+        "tap_segments counts the segments vnic cut for the tap"
+    );
     sizes
 }
 

@@ -302,7 +302,7 @@ csum_errors() {
 csum_error_total() { tr ' ' '\n' <<<"$1" | awk -F= '{ s += $2 } END { print s + 0 }'; }
 
 # port_offload FILE ID KEY: the sum over port ID's queue pairs of .offload.KEY (tx_gso, rx_gso,
-# rx_segments, rx_coalesced) in stats FILE
+# rx_segments, rx_coalesced, tap_segments) in stats FILE
 port_offload() { jq -e --arg s "${P_SOCK[$2]}" --arg k "$3" '[.ports[] | select(.socket == $s) | .queues[].offload[$k]] | add' "$1"; }
 # port_features FILE ID: port ID's negotiated feature names, space-separated
 port_features() { jq -r --arg s "${P_SOCK[$2]}" '.ports[] | select(.socket == $s) | .feature_names | join(" ")' "$1"; }
@@ -316,7 +316,7 @@ port_bad_drops() {
 # port_offload_summary FILE ID: one line for the log
 port_offload_summary() {
     local k out=""
-    for k in tx_gso rx_gso rx_segments rx_coalesced; do out+="$k=$(port_offload "$1" "$2" "$k") "; done
+    for k in tx_gso rx_gso rx_segments rx_coalesced tap_segments; do out+="$k=$(port_offload "$1" "$2" "$k") "; done
     echo "${out% }"
 }
 # The offload features vnic negotiates with a Linux 6.1 guest whose QEMU device keeps its

@@ -17,8 +17,9 @@
 #     (vnic cut the guest's jobs; the host's stack segmented before the tap), and every TCP/UDP
 #     checksum in the guest's frames complete and right (tcpdump -vv);
 #   - vnic stats: tx_gso > 0 (the guest sends jobs either way), rx_segments = 0; on: rx_gso > 0
-#     (the host's GSO frames passed to the guest); off: rx_coalesced > 0 (the tap's segments
-#     merged for the guest); no tap_error, no drops;
+#     (the host's GSO frames passed to the guest) and tap_segments = 0; off: rx_coalesced > 0
+#     (the tap's segments merged for the guest) and tap_segments > 0 (vnic cut the guest's
+#     jobs for the tap); no tap_error, no drops;
 #   - vnic's pcap of the port: TCP frames of 20000+ bytes from the guest (its jobs enter vnic
 #     whole in both cases) and frames longer than MTU + 14 delivered to it.
 source "$(dirname "$0")/lib.sh"
@@ -84,6 +85,12 @@ bad=$(port_bad_drops "$stats" g)
 expect_offload_features "$stats" g all
 v=$(port_offload "$stats" g tx_gso); ((v > 0)) || fail "port g: tx_gso = 0: the guest sent no TSO job"
 v=$(port_offload "$stats" g rx_segments); ((v == 0)) || fail "port g: rx_segments = $v: vnic cut jobs for a guest that takes TSO"
+v=$(port_offload "$stats" g tap_segments)
+if [[ $MODE == on ]]; then
+    ((v == 0)) || fail "port g: tap_segments = $v: vnic cut the guest's jobs for a tap that takes them"
+else
+    ((v > 0)) || fail "port g: tap_segments = 0: vnic cut none of the guest's jobs for a tap without offloads"
+fi
 if [[ $MODE == on ]]; then
     v=$(port_offload "$stats" g rx_gso); ((v > 0)) || fail "port g: rx_gso = 0: none of the host's GSO frames reached the guest as such"
 else

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::datapath::frame::{Frame, FramePool};
 use crate::offload::adapt_for;
 use crate::port::Port;
-use crate::stats::DropReason;
+use crate::stats::{add, DropReason};
 
 pub use switch::{ForwardScratch, Switch};
 
@@ -47,9 +47,14 @@ impl Attachment {
                 for frame in batch.drain(..) {
                     // Finish what the tap cannot take (checksums, segmentation) first.
                     scratch.adapted.clear();
-                    if let Err(e) = adapt_for(frame, caps, pool, &mut scratch.adapted) {
-                        counters.offload_drop(DropReason::RxBadOffload, e);
-                        continue;
+                    let was_gso = frame.header.gso_type != 0;
+                    match adapt_for(frame, caps, pool, &mut scratch.adapted) {
+                        Ok(n) if was_gso && n > 1 => add(&counters.tap_segments, n as u64),
+                        Ok(_) => {}
+                        Err(e) => {
+                            counters.offload_drop(DropReason::RxBadOffload, e);
+                            continue;
+                        }
                     }
                     for f in scratch.adapted.drain(..) {
                         if let Err(e) = tap.write_frame(pair, &f.header, &f.data) {
