@@ -44,7 +44,7 @@ struct Pattern {
 impl Pattern {
     fn new(seed: u64) -> Self {
         Pattern {
-            state: seed | 1,
+            state: seed | 1, // never 0 (xorshift would stay 0); seeds differ above bit 0
             word: [0; 8],
             used: 8,
         }
@@ -221,7 +221,8 @@ fn run(to: &str, bytes: u64, streams: u32, dirs: &[bool]) -> bool {
     for (d, &send) in dirs.iter().enumerate() {
         for i in 0..streams {
             let to = to.to_string();
-            let seed = 0x766e_6963_0000_0000 ^ (u64::from(i) << 8) ^ d as u64 ^ start_nanos();
+            let seed =
+                0x766e_6963_0000_0000 ^ (u64::from(i) << 8) ^ ((d as u64) << 4) ^ start_nanos();
             jobs.push((
                 send,
                 i,
