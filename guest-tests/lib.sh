@@ -336,7 +336,7 @@ rx_capture_stop() {
     log "tcpdump: $(grep -E 'captured|dropped by kernel' /tmp/rx-capture.err | tr '\n' ' ')"
     RX_CAPTURED=$(sed -n 's/^\([0-9][0-9]*\) packets* captured.*/\1/p' /tmp/rx-capture.err)
 }
-# pcap_large_frames FILE LIMIT: the frames in FILE longer than LIMIT (MTU + 14):
+# pcap_large_frames FILE LIMIT: the frames in FILE longer than LIMIT (MTU + 14; plus 4 per VLAN tag):
 # "over=N max=BYTES big=N huge=N" (big = 20000 bytes or more, huge = 60000 or more; max = 0 when
 # over = 0). Only those frames are decoded (BPF "greater"): reading every frame of a capture
 # with tcpdump takes ~0.3 ms per frame under TCG.
@@ -344,7 +344,7 @@ pcap_large_frames() {
     tcpdump -r "$1" -nn -e -t greater $(($2 + 1)) 2>/dev/null | awk -v lim="$2" '
         match($0, /ethertype [^,]*, length [0-9]+/) {
             s = substr($0, RSTART, RLENGTH); sub(/.* length /, "", s); l = s + 0
-            if (l <= lim) next
+            if (l <= lim + 4 * gsub(/vlan [0-9]+/, "&")) next   # a VLAN tag adds 4 bytes
             over++; if (l > max) max = l
             if (l >= 20000) big++; if (l >= 60000) huge++
         }
