@@ -7,6 +7,7 @@
 //! end of each, so LRO never holds a frame past the batch it arrived in.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
 
 use super::frame::{Frame, FramePool};
 use super::BATCH;
@@ -83,20 +84,16 @@ impl RxStage {
             let Some(frame) = next_source_frame(port, pair, pool, tap_max) else {
                 break;
             };
-            let was_gso = frame.header.gso_type != 0;
             self.adapted.clear();
-            match adapt_for(frame, caps, pool, &mut self.adapted) {
-                Ok(n) if was_gso && n > 1 => add(&counters.rx_segments, n as u64),
-                Ok(_) => {}
-                Err(e) => {
-                    counters.offload_drop(DropReason::RxBadOffload, e);
-                    warn_ratelimited!(
-                        "port {} queue {pair}: cannot deliver an offloaded frame: {}",
-                        port.name,
-                        e.name()
-                    );
-                }
-            }
+            adapt_counted(
+                frame,
+                caps,
+                pool,
+                &mut self.adapted,
+                port,
+                pair,
+                &counters.rx_segments,
+            );
             for f in self.adapted.drain(..) {
                 if lro {
                     pushed += 1;
@@ -113,6 +110,35 @@ impl RxStage {
             emitted += self.merged.len() as u64;
             self.ready.extend(self.merged.drain(..));
             add(&counters.rx_coalesced, pushed.saturating_sub(emitted));
+        }
+    }
+}
+
+/// Adapts `frame` for a destination of queue pair `pair` of `port` (its guest's RX queue or its
+/// tap) with `caps`, into `out`. Counts the segments vnic cut in `cut`; a frame that cannot be
+/// delivered is dropped, counted as `rx_bad_offload` with its cause, and logged (rate-limited).
+pub fn adapt_counted(
+    frame: Frame,
+    caps: RxCaps,
+    pool: &FramePool,
+    out: &mut Vec<Frame>,
+    port: &Port,
+    pair: usize,
+    cut: &AtomicU64,
+) {
+    let was_gso = frame.header.gso_type != 0;
+    match adapt_for(frame, caps, pool, out) {
+        Ok(n) if was_gso && n > 1 => add(cut, n as u64),
+        Ok(_) => {}
+        Err(e) => {
+            port.counters
+                .pair(pair)
+                .offload_drop(DropReason::RxBadOffload, e);
+            warn_ratelimited!(
+                "port {} queue {pair}: cannot deliver an offloaded frame: {}",
+                port.name,
+                e.name()
+            );
         }
     }
 }

@@ -9,9 +9,9 @@ pub mod tap;
 use std::sync::Arc;
 
 use crate::datapath::frame::{Frame, FramePool};
-use crate::offload::adapt_for;
+use crate::datapath::rx_stage::adapt_counted;
 use crate::port::Port;
-use crate::stats::{add, DropReason};
+use crate::stats::DropReason;
 
 pub use switch::{ForwardScratch, Switch};
 
@@ -47,15 +47,15 @@ impl Attachment {
                 for frame in batch.drain(..) {
                     // Finish what the tap cannot take (checksums, segmentation) first.
                     scratch.adapted.clear();
-                    let was_gso = frame.header.gso_type != 0;
-                    match adapt_for(frame, caps, pool, &mut scratch.adapted) {
-                        Ok(n) if was_gso && n > 1 => add(&counters.tap_segments, n as u64),
-                        Ok(_) => {}
-                        Err(e) => {
-                            counters.offload_drop(DropReason::RxBadOffload, e);
-                            continue;
-                        }
-                    }
+                    adapt_counted(
+                        frame,
+                        caps,
+                        pool,
+                        &mut scratch.adapted,
+                        port,
+                        pair,
+                        &counters.tap_segments,
+                    );
                     for f in scratch.adapted.drain(..) {
                         if let Err(e) = tap.write_frame(pair, &f.header, &f.data) {
                             counters.drop(DropReason::TapError);
