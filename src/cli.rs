@@ -39,7 +39,8 @@ pub enum Command {
 pub struct ServeArgs {
     /// A port: socket=PATH (required), queues=N (1-16, default 1), mac=MAC (default derived from
     /// the socket path), mtu=N (68-65535, default 1500), speed=MBPS (default 10000),
-    /// attach=switch (default) or attach=tap:NAME. May repeat.
+    /// attach=switch (default), attach=tap:NAME or attach=loopback (what the port sends comes
+    /// back on its own RX queues). May repeat.
     #[arg(long = "port", value_name = "SPEC", required = true)]
     pub ports: Vec<PortConfig>,
     /// Control socket that `vnic stats` talks to.
@@ -48,6 +49,50 @@ pub struct ServeArgs {
     /// Seconds after which the switch forgets an idle MAC address.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub mac_aging: u64,
+    /// Busy-poll mode: one poller thread pinned to each listed CPU (e.g. `2,3` or `1-3`)
+    /// serves every port's queue pairs, spread over them; kicks stay off while they poll.
+    /// Without it, each queue pair has its own event-driven worker.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
+    pub poll_cpus: Option<CpuList>,
+}
+
+/// A list of CPU numbers, each given once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// Parses `0,2-3`: CPU numbers and ranges, each CPU at most once, every one online.
+pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let num = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("'{part}' in CPU list '{s}' is not a CPU number or range"))
+        };
+        let (lo, hi) = (num(lo)?, num(hi)?);
+        if lo > hi {
+            return Err(format!("CPU range '{part}' goes backwards"));
+        }
+        for cpu in lo..=hi {
+            if cpu >= online || cpu >= libc::CPU_SETSIZE as usize {
+                return Err(format!(
+                    "CPU {cpu} does not exist (this machine has CPUs 0-{})",
+                    online - 1
+                ));
+            }
+            if cpus.contains(&cpu) {
+                return Err(format!("CPU {cpu} is listed twice in '{s}'"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    Ok(CpuList(cpus))
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +110,8 @@ pub struct StatsArgs {
 pub enum AttachSpec {
     Switch,
     Tap(String),
+    /// A loopback plug: the port's TX comes back on its own RX queues.
+    Loopback,
 }
 
 impl fmt::Display for AttachSpec {
@@ -72,6 +119,7 @@ impl fmt::Display for AttachSpec {
         match self {
             AttachSpec::Switch => write!(f, "switch"),
             AttachSpec::Tap(name) => write!(f, "tap:{name}"),
+            AttachSpec::Loopback => write!(f, "loopback"),
         }
     }
 }
@@ -151,11 +199,16 @@ impl FromStr for PortConfig {
                 "attach" => {
                     attach = match value.split_once(':') {
                         None if value == "switch" => AttachSpec::Switch,
+                        None if value == "loopback" => AttachSpec::Loopback,
                         Some(("tap", name)) => {
                             tap::validate_name(name)?;
                             AttachSpec::Tap(name.to_string())
                         }
-                        _ => return Err(format!("attach '{value}' is not 'switch' or 'tap:NAME'")),
+                        _ => {
+                            return Err(format!(
+                                "attach '{value}' is not 'switch', 'tap:NAME' or 'loopback'"
+                            ))
+                        }
                     }
                 }
                 "pcap" => {

@@ -20,6 +20,7 @@ use crate::capture::Capture;
 use crate::cli::{format_mac, AttachSpec, ServeArgs};
 use crate::control;
 use crate::datapath::frame::FramePool;
+use crate::datapath::poller::Pollers;
 use crate::device::server::serve_port;
 use crate::net::tap::Tap;
 use crate::net::{Attachment, Switch};
@@ -44,6 +45,8 @@ impl Drop for CreatedSockets {
 pub struct Running {
     pub ports: Vec<Arc<Port>>,
     pub control_path: PathBuf,
+    /// Poll mode's threads (stopped and joined when dropped).
+    _pollers: Option<Pollers>,
     _sockets: CreatedSockets,
 }
 
@@ -77,6 +80,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
 
     let pool = Arc::new(FramePool::new(POOL_FRAMES));
     let switch = Arc::new(Switch::new(Duration::from_secs(args.mac_aging)));
+    let mut pollers = args.poll_cpus.as_ref().map(|c| Pollers::new(c.0.clone()));
     let mut ports = Vec::new();
     for (id, cfg) in args.ports.iter().enumerate() {
         let tap = match &cfg.attach {
@@ -84,7 +88,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
                 Tap::open(name, cfg.queues, cfg.mtu, cfg.tap_offloads)
                     .with_context(|| format!("port {}", cfg.name()))?,
             ),
-            AttachSpec::Switch => None,
+            AttachSpec::Switch | AttachSpec::Loopback => None,
         };
         let capture = match &cfg.pcap {
             Some(path) => Some(
@@ -93,7 +97,11 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             ),
             None => None,
         };
-        let port = Port::new(id, cfg.clone(), tap, capture)
+        let poll_slots = match &mut pollers {
+            Some(p) => (0..cfg.queues as usize).map(|pair| p.slot(pair)).collect(),
+            None => Vec::new(),
+        };
+        let port = Port::new(id, cfg.clone(), tap, capture, poll_slots)
             .with_context(|| format!("port {}: cannot create eventfds", cfg.name()))?;
         ports.push(Arc::new(port));
     }
@@ -124,15 +132,20 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         let attachment = match port.config.attach {
             AttachSpec::Switch => Attachment::Switch(switch.clone()),
             AttachSpec::Tap(_) => Attachment::Tap,
+            AttachSpec::Loopback => Attachment::Loopback,
         };
         let (port, pool) = (port.clone(), pool.clone());
         thread::Builder::new()
             .name(format!("vnic-{}", port.name))
             .spawn(move || serve_port(port, attachment, pool, listener))?;
     }
+    if let Some(p) = &mut pollers {
+        p.start().context("cannot start the pollers")?;
+    }
     Ok(Running {
         ports,
         control_path,
+        _pollers: pollers,
         _sockets: sockets,
     })
 }

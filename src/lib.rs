@@ -24,3 +24,4 @@ pub mod port;
 pub mod ratelimit;
 pub mod stats;
 pub mod testdriver;
+pub mod virtq;

@@ -11,6 +11,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -18,6 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::capture::Capture;
 use crate::cli::PortConfig;
 use crate::datapath::frame::{Frame, FramePool};
+use crate::datapath::poller::PollSlot;
 use crate::datapath::steering::{FlowHashSteering, RxSteering};
 use crate::device::features;
 use crate::net::tap::Tap;
@@ -31,14 +33,17 @@ pub struct EgressQueue {
     frames: ArrayQueue<Frame>,
     wake: EventFd,
     wake_pending: AtomicBool,
+    /// A poller serves this queue: it looks without being woken.
+    polled: bool,
 }
 
 impl EgressQueue {
-    fn new() -> io::Result<Self> {
+    fn new(polled: bool) -> io::Result<Self> {
         Ok(EgressQueue {
             frames: ArrayQueue::new(EGRESS_QUEUE_LEN),
             wake: EventFd::new(EFD_NONBLOCK)?,
             wake_pending: AtomicBool::new(false),
+            polled,
         })
     }
 
@@ -56,12 +61,14 @@ impl EgressQueue {
 
     /// Wakes the worker unless a wake-up is already pending: one eventfd write per batch.
     pub fn wake(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+        if !self.polled && !self.wake_pending.swap(true, Ordering::AcqRel) {
             let _ = self.wake.write(1);
         }
     }
 
-    /// Called by the worker before it drains the queue: frames pushed after this wake it again.
+    /// Called by the worker when woken, before it drains the queue: frames pushed after this
+    /// wake it again. (Not needed when it drains for another reason: a wake-up still pending
+    /// will come, so nothing waits unseen.)
     pub fn ack_wake(&self) {
         let _ = self.wake.read();
         self.wake_pending.store(false, Ordering::SeqCst);
@@ -83,6 +90,10 @@ pub struct Port {
     pub tap: Option<Tap>,
     /// `pcap=PATH`: where frames crossing the port are recorded.
     pub capture: Option<Capture>,
+    /// Served by pollers (`--poll-cpus`) rather than event-driven workers.
+    pub polled: bool,
+    /// With pollers: the slot of each queue pair (which poller serves it).
+    pub poll_slots: Vec<Arc<PollSlot>>,
     steering: Box<dyn RxSteering>,
     /// Bit i: RX queue of pair i is ready and enabled, as its worker last saw it.
     rx_enabled: AtomicU32,
@@ -97,9 +108,11 @@ impl Port {
         config: PortConfig,
         tap: Option<Tap>,
         capture: Option<Capture>,
+        poll_slots: Vec<Arc<PollSlot>>,
     ) -> io::Result<Port> {
+        let polled = !poll_slots.is_empty();
         let egress = (0..config.queues)
-            .map(|_| EgressQueue::new())
+            .map(|_| EgressQueue::new(polled))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Port {
             id,
@@ -108,6 +121,8 @@ impl Port {
             egress,
             tap,
             capture,
+            polled,
+            poll_slots,
             steering: Box::new(FlowHashSteering),
             rx_enabled: AtomicU32::new(0),
             connected: AtomicBool::new(false),

@@ -551,10 +551,14 @@ fn mrg_frame_waiting_for_buffers_gets_a_kick_when_they_come() {
     assert!(b.recv(0).is_empty(), "cannot fit yet");
     let kicks = b.kicks(0);
     b.post_rx_buffers(0, 8, 1024).unwrap();
-    assert!(
-        b.kicks(0) > kicks,
-        "the device asked for a kick past the buffers it put back"
-    );
+    if polling() {
+        assert_eq!(b.kicks(0), kicks, "a poller keeps kicks off");
+    } else {
+        assert!(
+            b.kicks(0) > kicks,
+            "the device asked for a kick past the buffers it put back"
+        );
+    }
     let got = b.recv_wait(0, 1, WAIT);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].num_buffers, 9);

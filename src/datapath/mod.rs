@@ -14,6 +14,7 @@
 pub mod frame;
 pub mod guest_io;
 pub mod net_header;
+pub mod poller;
 pub mod queue_pair;
 pub mod rx_stage;
 pub mod steering;

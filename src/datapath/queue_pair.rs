@@ -1,20 +1,16 @@
 //! The worker of one queue pair: TX from the guest out to the attachment, RX from the egress
 //! queue (or the port's tap queue) into the guest.
 //!
-//! Each pair has its own worker thread (see `device::backend`), so this code runs without any
-//! lock shared with other pairs. Interrupts are raised once per batch and only when the guest
-//! asked for them ([`guest_wants_interrupt`]: EVENT_IDX's `used_event`, or NO_INTERRUPT).
+//! Each pair is served by one thread at a time (its own worker, or a poller with `--poll-cpus`;
+//! see `device::backend`), so this code runs without any lock shared with other pairs. Rings
+//! are driven through the ring layer ([`crate::virtq`]) a burst at a time: one `avail.idx`
+//! read, one `used.idx` store and one interrupt decision per burst, counters added per burst.
 
 use std::sync::Arc;
 
-use std::sync::atomic::{fence, Ordering};
 use vhost_user_backend::{VringState, VringT};
-
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
-
-/// `VRING_AVAIL_F_NO_INTERRUPT`: the driver asks for no interrupts (without EVENT_IDX).
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+use virtio_queue::QueueT;
+use vm_memory::atomic::GuestMemoryLoadGuard;
 
 use super::frame::{Frame, FramePool};
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
@@ -26,44 +22,11 @@ use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
 use crate::port::{EgressQueue, Port};
 use crate::stats::{add, DropReason, PairCounters};
+use crate::virtq::{Access, RingCache, Segment, SplitRing};
 use crate::warn_ratelimited;
 
-/// Whether the guest wants an interrupt for the entries added to the used ring since the last
-/// call: EVENT_IDX's `used_event` when negotiated, else the avail ring's NO_INTERRUPT flag
-/// (virtio-queue's `needs_notification` ignores that flag).
-pub fn guest_wants_interrupt(queue: &mut Queue, mem: &GuestMem) -> bool {
-    if queue.event_idx_enabled() {
-        return queue.needs_notification(mem).unwrap_or(true);
-    }
-    // Order our used-ring writes before reading the driver's flag.
-    fence(Ordering::SeqCst);
-    let flags: u16 = mem
-        .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
-        .unwrap_or(0);
-    u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
-}
-
-/// Asks the guest to kick when it publishes RX buffers beyond those it has published now, and
-/// returns true if it published some meanwhile. Unlike `Queue::enable_notification`, which
-/// arms at `next_avail`, this arms at the current `avail.idx`: after an MRG_RXBUF frame found
-/// too few buffers and put them back, `next_avail` is behind `avail.idx`, and an event index
-/// there would never be crossed again, so the guest would never kick (Linux vhost does the
-/// same).
-pub fn arm_rx_kick(queue: &mut Queue, mem: &GuestMem) -> bool {
-    let Ok(seen) = queue.avail_idx(mem, Ordering::Acquire) else {
-        return false;
-    };
-    if queue.event_idx_enabled() {
-        let avail_event = queue.used_ring() + 4 + 8 * queue.size() as u64;
-        let _ = mem.store(seen.0.to_le(), GuestAddress(avail_event), Ordering::Release);
-    } else {
-        let _ = queue.enable_notification(mem);
-    }
-    fence(Ordering::SeqCst);
-    queue
-        .avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|now| now != seen)
-}
+/// Guest memory as a pass sees it (kept alive for the pass).
+pub type MemGuard = GuestMemoryLoadGuard<GuestMem>;
 
 /// Every frame waiting for an RX queue: those already staged, then its egress queue.
 fn waiting<'a>(
@@ -98,17 +61,29 @@ pub trait TapWatch {
     fn watch_tap(&self, pair: usize, on: bool);
 }
 
+/// Totals of one TX burst, added to the shared counters once per burst.
+#[derive(Default)]
+struct TxTotals {
+    packets: u64,
+    bytes: u64,
+    gso: u64,
+}
+
 pub struct QueuePair {
     pub index: usize,
     port: Arc<Port>,
     attachment: Attachment,
     pool: Arc<FramePool>,
+    tx_ring: RingCache,
+    rx_ring: RingCache,
+    /// Served by a poller: one burst per call, kicks kept off, no eventfd wake-ups.
+    polling: bool,
+    tx_segs: Vec<Segment>,
     tx_batch: Vec<Frame>,
     forward: ForwardScratch,
     /// Frames adapted for this guest, waiting for its buffers.
     rx_stage: RxStage,
     rx_scratch: RxScratch,
-    rx_used: Vec<(u16, u32)>,
     tap_watched: bool,
 }
 
@@ -119,91 +94,69 @@ impl QueuePair {
         attachment: Attachment,
         pool: Arc<FramePool>,
     ) -> Self {
+        let polling = port.polled;
+        let mut tx_ring = RingCache::default();
+        let mut rx_ring = RingCache::default();
+        tx_ring.set_polling(polling);
+        rx_ring.set_polling(polling);
         QueuePair {
             index,
             port,
             attachment,
             pool,
+            tx_ring,
+            rx_ring,
+            polling,
+            tx_segs: Vec::with_capacity(64),
             tx_batch: Vec::with_capacity(BATCH),
             forward: ForwardScratch::default(),
             rx_stage: RxStage::default(),
             rx_scratch: RxScratch::default(),
-            rx_used: Vec::with_capacity(8),
             tap_watched: false,
         }
     }
 
-    fn counters(&self) -> &PairCounters {
-        self.port.counters.pair(self.index)
-    }
-
-    /// Takes every frame the guest made available on the TX queue, in batches, and hands each
-    /// batch to the attachment. Every chain goes back on the used ring, dropped or not.
-    pub fn process_tx(&mut self, vring: &Vring, mem: &GuestMem, neg: &Negotiated) {
+    /// Takes what the guest made available on the TX queue, a burst at a time, and hands each
+    /// burst to the attachment. Every chain goes back on the used ring, dropped or not. An
+    /// event-driven worker goes on until the ring is empty; a poller takes one burst.
+    pub fn process_tx(&mut self, vring: &Vring, mem: &MemGuard, neg: &Negotiated) {
         loop {
             let more = {
                 let mut state = vring.get_mut();
                 if !(state.get_queue().ready() && state.is_enabled()) {
                     return;
                 }
-                let _ = state.disable_notification();
-                let mut taken = 0;
-                while taken < BATCH {
-                    let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem) else {
-                        break;
-                    };
-                    let head = chain.head_index();
-                    let mut frame = self.pool.get();
-                    let mut hdr = [0u8; HEADER_LEN];
-                    let result = read_tx_chain(
-                        chain,
-                        mem,
-                        neg.hdr_len,
-                        neg.tx_max_frame,
-                        &mut hdr,
-                        &mut frame.data,
-                    )
-                    .and_then(|()| self.check_tx_offload(&mut frame, &hdr, neg));
-                    match result {
-                        Ok(()) => {
-                            let c = self.port.counters.pair(self.index);
-                            add(&c.tx_packets, 1);
-                            add(&c.tx_bytes, frame.data.len() as u64);
-                            if frame.header.gso_type != 0 {
-                                add(&c.tx_gso, 1);
-                            }
-                            frame.flow_hash = flow_hash(&frame.data);
-                            if let Some(capture) = &self.port.capture {
-                                capture.record(&frame.data);
-                            }
-                            self.tx_batch.push(frame);
-                        }
-                        Err(reason) => {
-                            // Offload refusals were counted with their cause already.
-                            if reason != DropReason::TxBadOffload {
-                                self.counters().drop(reason);
-                                warn_ratelimited!(
-                                    "port {} queue {}: dropped a TX frame: {}",
-                                    self.port.name,
-                                    self.index,
-                                    reason.name()
-                                );
-                            }
-                            self.pool.put(frame);
-                        }
+                let ring = match self.tx_ring.begin(state.get_queue(), mem) {
+                    Ok(ring) => ring,
+                    Err(e) => {
+                        warn_ratelimited!(
+                            "port {} queue {}: TX ring: {e}",
+                            self.port.name,
+                            self.index
+                        );
+                        return;
                     }
-                    if let Err(e) = state.add_used(head, 0) {
-                        warn_ratelimited!("port {}: TX add_used failed: {e}", self.port.name);
-                    }
-                    taken += 1;
-                }
-                if taken > 0 && guest_wants_interrupt(state.get_queue_mut(), mem) {
+                };
+                ring.suppress_kicks();
+                let taken = tx_burst(
+                    ring,
+                    &self.port,
+                    self.index,
+                    &self.pool,
+                    neg,
+                    &mut self.tx_segs,
+                    &mut self.tx_batch,
+                );
+                ring.publish();
+                if taken > 0 && ring.needs_interrupt() {
                     let _ = state.signal_used_queue();
-                    add(&self.counters().tx_interrupts, 1);
+                    add(&self.port.counters.pair(self.index).tx_interrupts, 1);
                 }
-                // A full batch: look again. Otherwise re-enable kicks; if buffers arrived
-                // meanwhile (EVENT_IDX race), look again too.
-                taken == BATCH || state.enable_notification().unwrap_or(false)
+                // A full burst: look again. Otherwise re-enable kicks; if chains arrived
+                // meanwhile, look again too.
+                let more = taken == BATCH || ring.arm_kicks();
+                self.tx_ring.end(state.get_queue_mut());
+                more
             };
             if let Some(capture) = &self.port.capture {
                 capture.flush();
@@ -217,7 +170,7 @@ impl QueuePair {
                     &mut self.forward,
                 );
             }
-            if !more {
+            if !more || self.polling {
                 return;
             }
         }
@@ -227,7 +180,7 @@ impl QueuePair {
     pub fn process_rx(
         &mut self,
         vring: &Vring,
-        mem: &GuestMem,
+        mem: &MemGuard,
         neg: &Negotiated,
         tap_watch: &dyn TapWatch,
     ) {
@@ -237,13 +190,24 @@ impl QueuePair {
             self.on_rx_disabled(tap_watch);
             return;
         }
-        self.port.set_rx_enabled(self.index, true);
-        self.port.egress[self.index].ack_wake();
+        // A load, not a read-modify-write, on every pass: the bit is rarely wrong.
+        if self.port.rx_enabled_mask() & (1 << self.index) == 0 {
+            self.port.set_rx_enabled(self.index, true);
+        }
         if self.port.tap.is_some() && !self.tap_watched {
             tap_watch.watch_tap(self.index, true);
             self.tap_watched = true;
         }
-        let _ = state.disable_notification();
+        let ring = match self.rx_ring.begin(state.get_queue(), mem) {
+            Ok(ring) => ring,
+            Err(e) => {
+                warn_ratelimited!("port {} queue {}: RX ring: {e}", self.port.name, self.index);
+                return;
+            }
+        };
+        ring.suppress_kicks();
+        let counters = self.port.counters.pair(self.index);
+        let mut totals = TxTotals::default();
         let mut unsignalled = 0;
         while let Some(mut frame) = self.rx_stage.next(
             &self.port,
@@ -254,35 +218,30 @@ impl QueuePair {
         ) {
             let mut hdr = frame.header.to_bytes();
             let outcome = deliver_frame(
-                state.get_queue_mut(),
-                mem,
+                ring,
                 &mut hdr,
                 neg.hdr_len,
                 neg.mrg_rxbuf,
                 &frame.data,
                 &mut self.rx_scratch,
-                &mut self.rx_used,
             );
             match outcome {
                 RxOutcome::Delivered => {
                     if let Some(capture) = &self.port.capture {
                         capture.record(&frame.data);
                     }
-                    let c = self.port.counters.pair(self.index);
-                    add(&c.rx_packets, 1);
-                    add(&c.rx_bytes, frame.data.len() as u64);
-                    if frame.header.gso_type != 0 {
-                        add(&c.rx_gso, 1);
-                    }
+                    totals.packets += 1;
+                    totals.bytes += frame.data.len() as u64;
+                    totals.gso += (frame.header.gso_type != 0) as u64;
                     self.pool.put(frame);
                     unsignalled += 1;
                     if unsignalled >= BATCH {
-                        self.signal_rx(&mut state, mem);
+                        signal_rx(ring, &mut state, counters);
                         unsignalled = 0;
                     }
                 }
                 RxOutcome::Dropped(reason) => {
-                    self.counters().drop(reason);
+                    counters.drop(reason);
                     warn_ratelimited!(
                         "port {} queue {}: dropped an RX frame: {}",
                         self.port.name,
@@ -295,10 +254,10 @@ impl QueuePair {
                 RxOutcome::NoBuffers => {
                     self.rx_stage.put_back(frame);
                     // Ask for a kick when buffers come; if some came meanwhile, go on.
-                    if arm_rx_kick(state.get_queue_mut(), mem) {
+                    if ring.arm_kicks() {
                         continue;
                     }
-                    if self.tap_watched {
+                    if self.tap_watched && !self.polling {
                         tap_watch.watch_tap(self.index, false);
                         self.tap_watched = false;
                     }
@@ -306,47 +265,15 @@ impl QueuePair {
                 }
             }
         }
-        if unsignalled > 0 {
-            self.signal_rx(&mut state, mem);
-        }
+        // Entries of dropped frames (bad chains) are published too.
+        signal_rx(ring, &mut state, counters);
+        self.rx_ring.end(state.get_queue_mut());
+        drop(state);
+        add(&counters.rx_packets, totals.packets);
+        add(&counters.rx_bytes, totals.bytes);
+        add(&counters.rx_gso, totals.gso);
         if let Some(capture) = &self.port.capture {
             capture.flush();
-        }
-    }
-
-    /// Checks a TX frame's virtio-net header against the frame and the negotiated offloads,
-    /// and keeps it with the frame. A refused request is counted under its precise reason.
-    fn check_tx_offload(
-        &self,
-        frame: &mut Frame,
-        hdr: &[u8; HEADER_LEN],
-        neg: &Negotiated,
-    ) -> Result<(), DropReason> {
-        frame.header = NetHeader {
-            num_buffers: 0,
-            ..NetHeader::from_bytes(hdr)
-        };
-        if frame.header.gso_type == 0 && frame.data.len() > neg.max_frame {
-            return Err(DropReason::TxOversize);
-        }
-        validate_tx(frame, neg.tx_caps).map_err(|e| {
-            self.counters().offload_drop(DropReason::TxBadOffload, e);
-            warn_ratelimited!(
-                "port {} queue {}: refused a TX offload request: {}",
-                self.port.name,
-                self.index,
-                e.name()
-            );
-            // Counted above with its cause; the caller must not count it again.
-            DropReason::TxBadOffload
-        })
-    }
-
-    /// Raises the RX interrupt if the guest wants one for what was just published.
-    fn signal_rx(&self, state: &mut VringState<GuestMemAtomic>, mem: &GuestMem) {
-        if guest_wants_interrupt(state.get_queue_mut(), mem) {
-            let _ = state.signal_used_queue();
-            add(&self.counters().rx_interrupts, 1);
         }
     }
 
@@ -362,13 +289,17 @@ impl QueuePair {
     /// The RX queue is not usable (disabled, reset, or not set up yet): stop steering to it
     /// and hand what waits for it to the port's other RX queues.
     fn on_rx_disabled(&mut self, tap_watch: &dyn TapWatch) {
-        self.port.set_rx_enabled(self.index, false);
+        if self.port.rx_enabled_mask() & (1 << self.index) != 0 {
+            self.port.set_rx_enabled(self.index, false);
+        }
         if self.tap_watched {
             tap_watch.watch_tap(self.index, false);
             self.tap_watched = false;
         }
         let egress = &self.port.egress[self.index];
-        egress.ack_wake();
+        if !self.polling {
+            egress.ack_wake();
+        }
         let mut wake = 0u32;
         for frame in waiting(&mut self.rx_stage, egress) {
             if self.port.rx_enabled_mask() == 0 {
@@ -383,4 +314,119 @@ impl QueuePair {
         }
         self.port.wake(wake);
     }
+}
+
+/// Publishes what was completed on RX ring `ring` and raises the interrupt if the guest wants
+/// one for it.
+fn signal_rx(
+    ring: &mut SplitRing,
+    state: &mut VringState<GuestMemAtomic>,
+    counters: &PairCounters,
+) {
+    if ring.publish() > 0 && ring.needs_interrupt() {
+        let _ = state.signal_used_queue();
+        add(&counters.rx_interrupts, 1);
+    }
+}
+
+/// Takes up to [`BATCH`] chains from TX ring `ring` of queue pair `pair` of `port`: each is
+/// copied into a frame, checked, and completed (length 0) on the used ring, not yet published.
+/// Good frames go to `batch`. Returns the chains taken.
+fn tx_burst(
+    ring: &mut SplitRing,
+    port: &Port,
+    pair: usize,
+    pool: &FramePool,
+    neg: &Negotiated,
+    segs: &mut Vec<Segment>,
+    batch: &mut Vec<Frame>,
+) -> usize {
+    let counters = port.counters.pair(pair);
+    let mut totals = TxTotals::default();
+    let mut taken = 0;
+    while taken < BATCH {
+        segs.clear();
+        let Some(popped) = ring.pop(Access::Read, segs) else {
+            break;
+        };
+        taken += 1;
+        let (head, result) = match popped {
+            Ok(chain) => {
+                let mut frame = pool.get();
+                let mut hdr = [0u8; HEADER_LEN];
+                let result = read_tx_chain(
+                    segs,
+                    chain.bytes,
+                    neg.hdr_len,
+                    neg.tx_max_frame,
+                    &mut hdr,
+                    &mut frame.data,
+                )
+                .and_then(|()| check_tx_offload(&mut frame, &hdr, neg, port, pair));
+                match result {
+                    Ok(()) => {
+                        totals.packets += 1;
+                        totals.bytes += frame.data.len() as u64;
+                        totals.gso += (frame.header.gso_type != 0) as u64;
+                        frame.flow_hash = flow_hash(&frame.data);
+                        if let Some(capture) = &port.capture {
+                            capture.record(&frame.data);
+                        }
+                        batch.push(frame);
+                    }
+                    Err(_) => pool.put(frame),
+                }
+                (Some(chain.head), result)
+            }
+            Err(bad) => (bad.head, Err(DropReason::TxBadDescriptor)),
+        };
+        if let Err(reason) = result {
+            // Offload refusals were counted with their cause already.
+            if reason != DropReason::TxBadOffload {
+                counters.drop(reason);
+                warn_ratelimited!(
+                    "port {} queue {pair}: dropped a TX frame: {}",
+                    port.name,
+                    reason.name()
+                );
+            }
+        }
+        if let Some(head) = head {
+            ring.push_used(head, 0);
+        }
+    }
+    add(&counters.tx_packets, totals.packets);
+    add(&counters.tx_bytes, totals.bytes);
+    add(&counters.tx_gso, totals.gso);
+    taken
+}
+
+/// Checks a TX frame's virtio-net header against the frame and the negotiated offloads, and
+/// keeps it with the frame. A refused request is counted under its precise reason.
+fn check_tx_offload(
+    frame: &mut Frame,
+    hdr: &[u8; HEADER_LEN],
+    neg: &Negotiated,
+    port: &Port,
+    pair: usize,
+) -> Result<(), DropReason> {
+    frame.header = NetHeader {
+        num_buffers: 0,
+        ..NetHeader::from_bytes(hdr)
+    };
+    if frame.header.gso_type == 0 && frame.data.len() > neg.max_frame {
+        return Err(DropReason::TxOversize);
+    }
+    validate_tx(frame, neg.tx_caps).map_err(|e| {
+        port.counters
+            .pair(pair)
+            .offload_drop(DropReason::TxBadOffload, e);
+        warn_ratelimited!(
+            "port {} queue {pair}: refused a TX offload request: {}",
+            port.name,
+            e.name()
+        );
+        // Counted above with its cause; the caller must not count it again.
+        DropReason::TxBadOffload
+    })
 }

@@ -24,6 +24,7 @@ use vmm_sys_util::event::{
 use super::{config_space, features};
 use crate::datapath::frame::FramePool;
 use crate::datapath::net_header::{HEADER_LEN, LEGACY_HEADER_LEN};
+use crate::datapath::poller::Pollable;
 use crate::datapath::queue_pair::{Negotiated, QueuePair, TapWatch};
 use crate::datapath::{GuestMemAtomic, Vring};
 use crate::net::Attachment;
@@ -50,6 +51,8 @@ struct Inner {
     mem: GuestMemAtomic,
     acked: AtomicU64,
     pairs: Vec<Mutex<QueuePair>>,
+    /// Each pair's (RX, TX) vrings, known once its worker has seen an event (for pollers).
+    rings: Vec<OnceLock<(Vring, Vring)>>,
     /// The worker of each pair, to (un)register its tap queue. Weak: workers own backends.
     workers: OnceLock<Vec<Weak<VringEpollHandler<PortBackend>>>>,
 }
@@ -71,14 +74,23 @@ impl PortBackend {
                 ))
             })
             .collect();
+        let rings = (0..port.queue_pairs()).map(|_| OnceLock::new()).collect();
         PortBackend {
             inner: Arc::new(Inner {
                 port,
                 mem,
                 acked: AtomicU64::new(0),
+                rings,
                 pairs,
                 workers: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Hands this connection's pairs to the port's pollers (poll mode) or takes them back.
+    pub fn set_polled(&self, on: bool) {
+        for slot in &self.inner.port.poll_slots {
+            slot.set(on.then(|| Arc::new(self.clone()) as Arc<dyn Pollable>));
         }
     }
 
@@ -139,9 +151,32 @@ impl PortBackend {
     }
 }
 
+impl Pollable for PortBackend {
+    fn poll(&self, pair: usize) {
+        let (Some(qp), Some((rx, tx))) = (
+            self.inner.pairs.get(pair),
+            self.inner.rings.get(pair).and_then(OnceLock::get),
+        ) else {
+            return;
+        };
+        let mut qp = qp.lock().unwrap_or_else(|e| e.into_inner());
+        let mem = self.inner.mem.memory();
+        let neg = self.negotiated();
+        qp.process_tx(tx, &mem, &neg);
+        qp.process_rx(rx, &mem, &neg, self);
+    }
+}
+
 impl TapWatch for PortBackend {
     fn watch_tap(&self, pair: usize, on: bool) {
-        let Some(tap) = self.inner.port.tap.as_ref() else {
+        // A poller reads the tap on every pass: no epoll (a readable tap would spin it).
+        let Some(tap) = self
+            .inner
+            .port
+            .tap
+            .as_ref()
+            .filter(|_| !self.inner.port.polled)
+        else {
             return;
         };
         let worker = self
@@ -247,10 +282,20 @@ impl VhostUserBackend for PortBackend {
         let (Some(pair), [rx, tx]) = (self.inner.pairs.get(thread_id), vrings) else {
             return Ok(());
         };
+        let counters = self.inner.port.counters.pair(thread_id);
+        if self.inner.port.polled {
+            // A poller does the work; the worker only tells it where the rings are.
+            let _ = self.inner.rings[thread_id].get_or_init(|| (rx.clone(), tx.clone()));
+            match device_event {
+                RX => add(&counters.rx_kicks, 1),
+                TX => add(&counters.tx_kicks, 1),
+                _ => {}
+            }
+            return Ok(());
+        }
         let mut pair = pair.lock().unwrap_or_else(|e| e.into_inner());
         let mem = self.inner.mem.memory();
         let neg = self.negotiated();
-        let counters = self.inner.port.counters.pair(thread_id);
         let token = device_event as u64;
         if device_event == RX {
             add(&counters.rx_kicks, 1);
@@ -258,7 +303,10 @@ impl VhostUserBackend for PortBackend {
         } else if device_event == TX {
             add(&counters.tx_kicks, 1);
             pair.process_tx(tx, &mem, &neg);
-        } else if token == self.egress_token() || token == self.tap_token() {
+        } else if token == self.egress_token() {
+            self.inner.port.egress[thread_id].ack_wake();
+            pair.process_rx(rx, &mem, &neg, self);
+        } else if token == self.tap_token() {
             pair.process_rx(rx, &mem, &neg, self);
         }
         // Never an error: an error would stop this worker for good.

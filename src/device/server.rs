@@ -67,8 +67,10 @@ pub fn serve_port(
             }
         };
         port.on_connect();
+        backend.set_polled(port.polled);
         log::info!("port {}: frontend connected", port.name);
         let result = daemon.wait();
+        backend.set_polled(false);
         relay.stop();
         // Dropping the daemon stops and joins the workers before the port is reset.
         drop(daemon);

@@ -21,6 +21,9 @@ pub enum Attachment {
     Switch(Arc<Switch>),
     /// The port's own tap (`Port::tap`); queue pair `i` writes to tap queue `i`.
     Tap,
+    /// The port itself: what its guest sends comes back on its RX queues (steered as any
+    /// arriving frame), a loopback plug for testing a driver's TX and RX paths alone.
+    Loopback,
 }
 
 impl Attachment {
@@ -36,6 +39,13 @@ impl Attachment {
     ) {
         match self {
             Attachment::Switch(sw) => sw.forward(port, pair, batch, pool, scratch),
+            Attachment::Loopback => {
+                let mut wake = 0;
+                for frame in batch.drain(..) {
+                    port.enqueue(frame, pool, &mut wake);
+                }
+                port.wake(wake);
+            }
             Attachment::Tap => {
                 let counters = port.counters.pair(pair);
                 let Some(tap) = port.tap.as_ref() else {

@@ -243,7 +243,7 @@ mod tests {
         let ports: Vec<Arc<Port>> = (0..n)
             .map(|i| {
                 let cfg: PortConfig = format!("socket=/tmp/sw{i}.sock").parse().unwrap();
-                let p = Arc::new(Port::new(i, cfg, None, None).unwrap());
+                let p = Arc::new(Port::new(i, cfg, None, None, Vec::new()).unwrap());
                 p.set_rx_enabled(0, true);
                 p
             })

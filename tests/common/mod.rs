@@ -46,9 +46,25 @@ pub fn try_start(ports: &[&str]) -> anyhow::Result<Net> {
         ports,
         control: Some(dir.path().join("control.sock")),
         mac_aging: 300,
+        poll_cpus: poll_cpus(),
     };
     let running = daemon::start(&args)?;
     Ok(Net { running, dir })
+}
+
+/// `VNIC_TEST_POLL_CPUS=LIST` runs the daemons of these tests in busy-poll mode on those CPUs
+/// (`scripts/test` runs the device and hostile-guest tests once in each mode).
+fn poll_cpus() -> Option<vnic::cli::CpuList> {
+    if !polling() {
+        return None;
+    }
+    let list = std::env::var("VNIC_TEST_POLL_CPUS").ok()?;
+    Some(vnic::cli::parse_cpu_list(&list).expect("VNIC_TEST_POLL_CPUS is not a CPU list"))
+}
+
+/// Whether these tests run vnic in busy-poll mode (`VNIC_TEST_POLL_CPUS`).
+pub fn polling() -> bool {
+    std::env::var_os("VNIC_TEST_POLL_CPUS").is_some_and(|v| !v.is_empty())
 }
 
 impl Net {

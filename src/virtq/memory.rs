@@ -1,0 +1,242 @@
+//! Guest memory as the ring layer sees it: a small table of the frontend's regions, each a
+//! guest-physical range and the host address it is mapped at.
+//!
+//! Why not vm-memory's `read_slice`/`write_slice` on the hot path: every call looks the region
+//! up again, goes through its volatile-slice machinery and bitmap hooks, and a 64-byte frame
+//! paid more for that than for the copy itself. Here a guest range is checked against the
+//! table once (when a descriptor is read) and becomes a host pointer plus a length; the copy
+//! is then a plain `memcpy`. The table holds the `Arc` of the memory it was built from, so the
+//! mappings stay valid for as long as the table (and any pointer it handed out) lives, even if
+//! the frontend sends a new memory table meanwhile.
+
+use std::sync::Arc;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::datapath::GuestMem;
+
+/// One frontend region: guest-physical `[start, start + len)` mapped at `host`.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    start: u64,
+    len: u64,
+    host: *mut u8,
+}
+
+/// A checked piece of guest memory: `len` bytes at host address `host`, all inside one region.
+/// Valid while the [`GuestRegions`] it came from lives: the ring layer hands segments out for
+/// one pass over a ring, which holds that table.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment {
+    pub host: *mut u8,
+    pub len: u32,
+}
+
+// SAFETY: a segment is plain data (an address and a length); it is dereferenced only by the
+// thread running the pass that made it, while the ring's table keeps the mapping alive.
+// Segment lists kept for reuse across passes are cleared before they are filled again.
+unsafe impl Send for Segment {}
+
+/// The regions of one guest memory table.
+pub struct GuestRegions {
+    regions: Vec<Region>,
+    /// Keeps the mappings alive: every host pointer below points into them.
+    mem: Arc<GuestMem>,
+}
+
+// SAFETY: the raw pointers point into the mappings owned by `mem` (an `Arc`, itself Send and
+// Sync); the table is only read after construction. Accesses through them go to memory the
+// guest shares with us and may change at any time, which every user is written to tolerate
+// (values are copied once, then checked).
+unsafe impl Send for GuestRegions {}
+unsafe impl Sync for GuestRegions {}
+
+impl GuestRegions {
+    pub fn new(mem: Arc<GuestMem>) -> Self {
+        let regions = mem
+            .iter()
+            .filter_map(|r| {
+                let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some(Region {
+                    start: r.start_addr().0,
+                    len: r.len(),
+                    host,
+                })
+            })
+            .collect();
+        GuestRegions { regions, mem }
+    }
+
+    /// Whether this table was built from `mem`.
+    pub fn is_of(&self, mem: &GuestMem) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.mem), mem)
+    }
+
+    /// The host address of guest range `[gpa, gpa + len)`, if all of it lies in one region.
+    #[inline]
+    pub fn host_range(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let end = gpa.checked_add(len)?;
+        for r in &self.regions {
+            if gpa >= r.start && end <= r.start + r.len {
+                // In bounds of the mapping: just checked.
+                return Some(r.host.wrapping_add((gpa - r.start) as usize));
+            }
+        }
+        None
+    }
+
+    /// Appends the segments covering guest range `[gpa, gpa + len)` to `out` (more than one
+    /// only where the range crosses from one region into an adjacent one). False, with `out`
+    /// unchanged, if any byte of it is outside guest memory.
+    pub fn push_segments(&self, gpa: u64, len: u32, out: &mut Vec<Segment>) -> bool {
+        if len == 0 {
+            return true;
+        }
+        if let Some(host) = self.host_range(gpa, len as u64) {
+            out.push(Segment { host, len });
+            return true;
+        }
+        self.push_split(gpa, len, out)
+    }
+
+    #[cold]
+    fn push_split(&self, mut gpa: u64, len: u32, out: &mut Vec<Segment>) -> bool {
+        let mark = out.len();
+        let mut left = len as u64;
+        while left > 0 {
+            let Some(r) = self
+                .regions
+                .iter()
+                .find(|r| gpa >= r.start && gpa - r.start < r.len)
+            else {
+                out.truncate(mark);
+                return false;
+            };
+            let n = left.min(r.start + r.len - gpa);
+            out.push(Segment {
+                host: r.host.wrapping_add((gpa - r.start) as usize),
+                len: n as u32,
+            });
+            gpa += n;
+            left -= n;
+        }
+        true
+    }
+}
+
+/// Copies guest bytes out of `segs`, skipping the first `skip` bytes, into `dst` until `dst` is
+/// full or the segments end. Returns the bytes copied.
+///
+/// Every segment was checked against guest memory when it was made. The guest may write the
+/// same bytes meanwhile; what we copy is then whatever the guest left, which is its problem,
+/// never ours: nothing read here is used as an address or length without a later check.
+#[inline]
+pub fn copy_from_guest(segs: &[Segment], mut skip: usize, dst: &mut [u8]) -> usize {
+    let mut done = 0;
+    for s in segs {
+        let len = s.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(dst.len() - done);
+        // SAFETY: `s` lies inside a live mapping (see `GuestRegions`) and `skip + n <= len`;
+        // `dst[done..done + n]` is in bounds; guest memory never overlaps our heap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.host.add(skip), dst.as_mut_ptr().add(done), n);
+        }
+        done += n;
+        skip = 0;
+        if done == dst.len() {
+            break;
+        }
+    }
+    done
+}
+
+/// Copies `parts` one after another into the guest segments `segs`, from their start.
+/// Returns the bytes written (less than the parts' total if the segments are too short).
+#[inline]
+pub fn copy_to_guest(segs: &[Segment], parts: &[&[u8]]) -> usize {
+    let mut written = 0;
+    let mut seg = 0;
+    let mut off = 0usize;
+    for part in parts {
+        let mut src = *part;
+        while !src.is_empty() {
+            let Some(s) = segs.get(seg) else {
+                return written;
+            };
+            let room = s.len as usize - off;
+            if room == 0 {
+                seg += 1;
+                off = 0;
+                continue;
+            }
+            let n = room.min(src.len());
+            // SAFETY: as in `copy_from_guest`; `off + n <= s.len`.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), s.host.add(off), n) };
+            off += n;
+            written += n;
+            src = &src[n..];
+        }
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    fn two_regions() -> GuestRegions {
+        let mem = GuestMem::from_ranges(&[
+            (GuestAddress(0x1000), 0x1000),
+            (GuestAddress(0x2000), 0x1000),
+            (GuestAddress(0x10000), 0x1000),
+        ])
+        .unwrap();
+        GuestRegions::new(Arc::new(mem))
+    }
+
+    #[test]
+    fn ranges_inside_one_region_only() {
+        let r = two_regions();
+        assert!(r.host_range(0x1000, 0x1000).is_some());
+        assert!(r.host_range(0x1800, 0x1000).is_none(), "crosses regions");
+        assert!(r.host_range(0x3000, 1).is_none());
+        assert!(r.host_range(u64::MAX, 2).is_none(), "wraps");
+        assert!(r.host_range(0xfff, 1).is_none());
+    }
+
+    #[test]
+    fn segments_split_at_adjacent_regions_and_refuse_holes() {
+        let r = two_regions();
+        let mut out = Vec::new();
+        assert!(r.push_segments(0x1ff0, 0x20, &mut out));
+        assert_eq!(out.iter().map(|s| s.len).collect::<Vec<_>>(), [0x10, 0x10]);
+        out.clear();
+        assert!(
+            !r.push_segments(0x2ff0, 0x20, &mut out),
+            "hole after 0x3000"
+        );
+        assert!(out.is_empty());
+        assert!(
+            r.push_segments(0x5000, 0, &mut out),
+            "empty is fine anywhere"
+        );
+    }
+
+    #[test]
+    fn copies_round_trip_across_segments() {
+        let r = two_regions();
+        let mut segs = Vec::new();
+        assert!(r.push_segments(0x1ffa, 12, &mut segs));
+        assert!(r.push_segments(0x10000, 5, &mut segs));
+        let n = copy_to_guest(&segs, &[b"hello", b" world, again"]);
+        assert_eq!(n, 17, "room for 17 of 18 bytes");
+        let mut back = [0u8; 11];
+        assert_eq!(copy_from_guest(&segs, 6, &mut back), 11);
+        assert_eq!(&back, b"world, agai");
+    }
+}
