@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
-use vm_memory::atomic::GuestMemoryLoadGuard;
+use vm_memory::GuestAddressSpace;
 
 use super::frame::{Frame, FramePool};
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
@@ -24,9 +24,6 @@ use crate::port::{EgressQueue, Port};
 use crate::stats::{add, DropReason, PairCounters};
 use crate::virtq::{Access, RingCache, Segment, SplitRing};
 use crate::warn_ratelimited;
-
-/// Guest memory as a pass sees it (kept alive for the pass).
-pub type MemGuard = GuestMemoryLoadGuard<GuestMem>;
 
 /// Every frame waiting for an RX queue: those already staged, then its egress queue.
 fn waiting<'a>(
@@ -71,6 +68,13 @@ struct TxTotals {
 
 pub struct QueuePair {
     pub index: usize,
+    /// Guest memory as of generation `mem_gen` (reloaded only when the frontend sends a new
+    /// table: no shared-pointer load per pass).
+    mem: Option<Arc<GuestMem>>,
+    mem_gen: u64,
+    /// What was negotiated, for the feature bits `acked`.
+    neg: Negotiated,
+    acked: Option<u64>,
     port: Arc<Port>,
     attachment: Attachment,
     pool: Arc<FramePool>,
@@ -85,7 +89,12 @@ pub struct QueuePair {
     rx_stage: RxStage,
     rx_scratch: RxScratch,
     tap_watched: bool,
+    /// Poll passes that found nothing for the RX queue.
+    idle_polls: u32,
 }
+
+/// A poller with nothing to deliver looks at the RX ring once per this many passes.
+const IDLE_POLLS_PER_LOOK: u32 = 256;
 
 impl QueuePair {
     pub fn new(
@@ -93,6 +102,7 @@ impl QueuePair {
         port: Arc<Port>,
         attachment: Attachment,
         pool: Arc<FramePool>,
+        neg: Negotiated,
     ) -> Self {
         let polling = port.polled;
         let mut tx_ring = RingCache::default();
@@ -101,6 +111,10 @@ impl QueuePair {
         rx_ring.set_polling(polling);
         QueuePair {
             index,
+            mem: None,
+            mem_gen: 0,
+            neg,
+            acked: None,
             port,
             attachment,
             pool,
@@ -113,13 +127,36 @@ impl QueuePair {
             rx_stage: RxStage::default(),
             rx_scratch: RxScratch::default(),
             tap_watched: false,
+            idle_polls: 0,
+        }
+    }
+
+    /// Brings the pass's view up to date: guest memory if the frontend sent a new table
+    /// (`mem_gen` moved), what was negotiated if the feature bits changed.
+    pub fn prepare(
+        &mut self,
+        mem_gen: u64,
+        mem: &GuestMemAtomic,
+        acked: u64,
+        negotiated: impl FnOnce(u64) -> Negotiated,
+    ) {
+        if self.mem.is_none() || self.mem_gen != mem_gen {
+            self.mem = Some(mem.memory().into_inner());
+            self.mem_gen = mem_gen;
+        }
+        if self.acked != Some(acked) {
+            self.neg = negotiated(acked);
+            self.acked = Some(acked);
         }
     }
 
     /// Takes what the guest made available on the TX queue, a burst at a time, and hands each
     /// burst to the attachment. Every chain goes back on the used ring, dropped or not. An
     /// event-driven worker goes on until the ring is empty; a poller takes one burst.
-    pub fn process_tx(&mut self, vring: &Vring, mem: &MemGuard, neg: &Negotiated) {
+    pub fn process_tx(&mut self, vring: &Vring) {
+        let (Some(mem), neg) = (&self.mem, &self.neg) else {
+            return;
+        };
         loop {
             let more = {
                 let mut state = vring.get_mut();
@@ -177,13 +214,15 @@ impl QueuePair {
     }
 
     /// Moves waiting frames into the guest's RX buffers until either runs out.
-    pub fn process_rx(
-        &mut self,
-        vring: &Vring,
-        mem: &MemGuard,
-        neg: &Negotiated,
-        tap_watch: &dyn TapWatch,
-    ) {
+    pub fn process_rx(&mut self, vring: &Vring, tap_watch: &dyn TapWatch) {
+        if self.polling && self.rx_stage.is_empty() && self.port.egress[self.index].is_empty() {
+            // Nothing to deliver: a poller skips the ring, but looks at it now and then to
+            // keep the port's view of it (enabled or not) up to date.
+            self.idle_polls = self.idle_polls.wrapping_add(1);
+            if self.port.tap.is_none() && !self.idle_polls.is_multiple_of(IDLE_POLLS_PER_LOOK) {
+                return;
+            }
+        }
         let mut state = vring.get_mut();
         if !(state.get_queue().ready() && state.is_enabled()) {
             drop(state);
@@ -198,6 +237,9 @@ impl QueuePair {
             tap_watch.watch_tap(self.index, true);
             self.tap_watched = true;
         }
+        let (Some(mem), neg) = (&self.mem, &self.neg) else {
+            return;
+        };
         let ring = match self.rx_ring.begin(state.get_queue(), mem) {
             Ok(ring) => ring,
             Err(e) => {

@@ -57,6 +57,11 @@ impl RxStage {
         self.ready.pop_front()
     }
 
+    /// No frame waits here (the coalescer holds none between batches).
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.coalescer.held() == 0
+    }
+
     /// A frame that found no guest buffers goes back to the front.
     pub fn put_back(&mut self, frame: Frame) {
         self.ready.push_front(frame);

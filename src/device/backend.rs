@@ -15,7 +15,6 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -49,6 +48,8 @@ pub struct PortBackend {
 struct Inner {
     port: Arc<Port>,
     mem: GuestMemAtomic,
+    /// Moves each time the frontend sends a new memory table (workers reload it then).
+    mem_gen: AtomicU64,
     acked: AtomicU64,
     pairs: Vec<Mutex<QueuePair>>,
     /// Each pair's (RX, TX) vrings, known once its worker has seen an event (for pollers).
@@ -71,6 +72,7 @@ impl PortBackend {
                     port.clone(),
                     attachment.clone(),
                     pool.clone(),
+                    negotiated(&port, 0),
                 ))
             })
             .collect();
@@ -79,6 +81,7 @@ impl PortBackend {
             inner: Arc::new(Inner {
                 port,
                 mem,
+                mem_gen: AtomicU64::new(1),
                 acked: AtomicU64::new(0),
                 rings,
                 pairs,
@@ -118,8 +121,22 @@ impl PortBackend {
         Ok(())
     }
 
-    fn negotiated(&self) -> Negotiated {
+    /// Brings a pair's view of memory and features up to date before a pass.
+    fn prepare(&self, pair: &mut QueuePair) {
         let acked = self.inner.acked.load(Ordering::Acquire);
+        let port = &self.inner.port;
+        pair.prepare(
+            self.inner.mem_gen.load(Ordering::Acquire),
+            &self.inner.mem,
+            acked,
+            |acked| negotiated(port, acked),
+        );
+    }
+}
+
+/// What the datapath of `port` needs to know of feature bits `acked`.
+fn negotiated(port: &Port, acked: u64) -> Negotiated {
+    {
         let mrg_rxbuf = features::has(acked, VIRTIO_NET_F_MRG_RXBUF);
         let hdr_len = if mrg_rxbuf || features::has(acked, VIRTIO_F_VERSION_1) {
             HEADER_LEN
@@ -127,14 +144,9 @@ impl PortBackend {
             LEGACY_HEADER_LEN
         };
         let tx_caps = TxCaps::from_features(acked);
-        let max_frame = self.inner.port.config.mtu as usize + L2_OVERHEAD;
+        let max_frame = port.config.mtu as usize + L2_OVERHEAD;
         let job_frame = MAX_IP_LEN + L2_OVERHEAD;
-        let tap_offloads = self
-            .inner
-            .port
-            .tap
-            .as_ref()
-            .is_some_and(|t| t.offloads() != 0);
+        let tap_offloads = port.tap.as_ref().is_some_and(|t| t.offloads() != 0);
         Negotiated {
             hdr_len,
             mrg_rxbuf,
@@ -160,10 +172,9 @@ impl Pollable for PortBackend {
             return;
         };
         let mut qp = qp.lock().unwrap_or_else(|e| e.into_inner());
-        let mem = self.inner.mem.memory();
-        let neg = self.negotiated();
-        qp.process_tx(tx, &mem, &neg);
-        qp.process_rx(rx, &mem, &neg, self);
+        self.prepare(&mut qp);
+        qp.process_tx(tx);
+        qp.process_rx(rx, self);
     }
 }
 
@@ -244,7 +255,9 @@ impl VhostUserBackend for PortBackend {
     }
 
     fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
-        // The handler updates the same GuestMemoryAtomic we were created with.
+        // The handler has updated the GuestMemoryAtomic we were created with; tell the
+        // workers to load it again.
+        self.inner.mem_gen.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -294,20 +307,19 @@ impl VhostUserBackend for PortBackend {
             return Ok(());
         }
         let mut pair = pair.lock().unwrap_or_else(|e| e.into_inner());
-        let mem = self.inner.mem.memory();
-        let neg = self.negotiated();
+        self.prepare(&mut pair);
         let token = device_event as u64;
         if device_event == RX {
             add(&counters.rx_kicks, 1);
-            pair.process_rx(rx, &mem, &neg, self);
+            pair.process_rx(rx, self);
         } else if device_event == TX {
             add(&counters.tx_kicks, 1);
-            pair.process_tx(tx, &mem, &neg);
+            pair.process_tx(tx);
         } else if token == self.egress_token() {
             self.inner.port.egress[thread_id].ack_wake();
-            pair.process_rx(rx, &mem, &neg, self);
+            pair.process_rx(rx, self);
         } else if token == self.tap_token() {
-            pair.process_rx(rx, &mem, &neg, self);
+            pair.process_rx(rx, self);
         }
         // Never an error: an error would stop this worker for good.
         Ok(())

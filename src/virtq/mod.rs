@@ -20,7 +20,6 @@ pub mod split;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::atomic::GuestMemoryLoadGuard;
 
 pub use memory::{copy_from_guest, copy_to_guest, GuestRegions, Segment};
 pub use split::{RingConfig, SplitRing};
@@ -98,7 +97,7 @@ impl RingCache {
     pub fn begin(
         &mut self,
         queue: &Queue,
-        mem: &GuestMemoryLoadGuard<GuestMem>,
+        mem: &Arc<GuestMem>,
     ) -> Result<&mut SplitRing, RingError> {
         let config = RingConfig {
             size: queue.size(),
@@ -115,7 +114,7 @@ impl RingCache {
         if !reusable {
             let regions = match self.ring.take() {
                 Some(r) if r.is_of(mem) => r.regions().clone(),
-                _ => Arc::new(GuestRegions::new(mem.clone().into_inner())),
+                _ => Arc::new(GuestRegions::new(mem.clone())),
             };
             let mut ring = SplitRing::new(config, regions, next_avail, next_used)?;
             ring.set_polling(self.polling);

@@ -358,7 +358,7 @@ impl SplitRing {
     /// Tells the driver not to kick while we are busy with the ring (no-op with EVENT_IDX:
     /// there, not moving `avail_event` is what keeps kicks off).
     pub fn suppress_kicks(&mut self) {
-        if !self.config.event_idx {
+        if !self.config.event_idx && !self.polling {
             self.used_u16(0)
                 .store((VRING_USED_F_NO_NOTIFY as u16).to_le(), Ordering::Relaxed);
         }
@@ -393,9 +393,10 @@ impl SplitRing {
 
     /// Keeps kicks off for good (`on`) or hands notification back to `arm_kicks`.
     pub fn set_polling(&mut self, on: bool) {
-        self.polling = on;
+        self.polling = false;
         if on {
             self.suppress_kicks();
         }
+        self.polling = on;
     }
 }
