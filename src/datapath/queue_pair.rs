@@ -18,9 +18,9 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 use super::frame::{Frame, FramePool};
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
+use super::meta::FrameMeta;
 use super::net_header::{NetHeader, HEADER_LEN};
 use super::rx_stage::RxStage;
-use super::steering::flow_hash;
 use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
 use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
@@ -172,7 +172,7 @@ impl QueuePair {
                             if frame.header.gso_type != 0 {
                                 add(&c.tx_gso, 1);
                             }
-                            frame.flow_hash = flow_hash(&frame.data);
+                            frame.meta = FrameMeta::parse(&frame.data);
                             if let Some(capture) = &self.port.capture {
                                 capture.record(&frame.data);
                             }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 
 use super::frame::{Frame, FramePool};
+use super::meta::FrameMeta;
 use super::BATCH;
 use crate::offload::parse::IpVersion;
 use crate::offload::{adapt_for, Coalescer, RxCaps};
@@ -151,7 +152,10 @@ fn next_source_frame(port: &Port, pair: usize, pool: &FramePool, tap_max: usize)
     let tap = port.tap.as_ref()?;
     let mut frame = pool.get();
     match tap.read_frame(pair, &mut frame, tap_max) {
-        Ok(true) => Some(frame),
+        Ok(true) => {
+            frame.meta = FrameMeta::parse(&frame.data);
+            Some(frame)
+        }
         Ok(false) => {
             pool.put(frame);
             None

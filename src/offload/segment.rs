@@ -45,7 +45,7 @@ pub(crate) fn segment(
         seg.data.reserve(plan.hdr_len + (end - start));
         seg.data.extend_from_slice(headers);
         seg.data.extend_from_slice(&payload[start..end]);
-        seg.flow_hash = src.flow_hash;
+        seg.meta = src.meta;
         let position = Position {
             index: i,
             last: i + 1 == plan.segments,
@@ -424,14 +424,7 @@ mod tests {
                 let payload = pattern(len);
                 let f = tso_frame(build_udp(&spec, &payload), GSO_UDP_L4, mss);
                 for partial in [false, true] {
-                    let out = cut(
-                        Frame {
-                            data: f.data.clone(),
-                            header: f.header,
-                            flow_hash: 0,
-                        },
-                        partial,
-                    );
+                    let out = cut(Frame::with_data(f.data.clone(), f.header), partial);
                     assert_eq!(out.len(), len.div_ceil(mss as usize));
                     let mut joined = Vec::new();
                     for (i, s) in out.iter().enumerate() {
@@ -454,7 +447,7 @@ mod tests {
         let mut out = Vec::new();
         let f = tso_frame(build_tcp(&Spec::default(), &pattern(3000)), GSO_TCPV4, 1000);
         adapt_for(f, RxCaps::default(), &pool, &mut out).unwrap();
-        assert!(out.iter().all(|s| s.flow_hash == 0x1234));
+        assert!(out.iter().all(|s| s.flow_hash() == 0x1234));
         assert_eq!(pool.parked(), 1, "the job's buffer went back to the pool");
     }
 }

@@ -239,11 +239,9 @@ fn build(spec: &Spec, proto: u8, mut l4: Vec<u8>, csum_field: usize) -> Vec<u8> 
 }
 
 pub fn frame_of(data: Vec<u8>) -> Frame {
-    Frame {
-        data,
-        header: NetHeader::default(),
-        flow_hash: 0x1234,
-    }
+    let mut f = Frame::with_data(data, NetHeader::default());
+    f.meta.flow_hash = 0x1234;
+    f
 }
 
 /// L4 offset, L4 header length and checksum field offset of a TCP or UDP frame, found with

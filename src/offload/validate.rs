@@ -385,11 +385,7 @@ mod tests {
                 num_buffers: 0,
             };
             let len = (next() as usize) % (data.len() + 1);
-            let f = Frame {
-                data: data[..len].to_vec(),
-                header,
-                flow_hash: 0,
-            };
+            let f = Frame::with_data(data[..len].to_vec(), header);
             let _ = validate_tx(&f, TxCaps::ALL);
         }
     }
