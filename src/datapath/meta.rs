@@ -556,6 +556,86 @@ mod tests {
         assert_ne!(a, FrameMeta::parse(&other).flow_hash, "not IP: by MACs");
     }
 
+    #[test]
+    fn ipv4_options_and_padding() {
+        let spec = Spec {
+            v4_options: vec![1, 1, 1, 0],
+            ..Spec::default()
+        };
+        let mut data = build_udp(&spec, b"x");
+        let len = data.len();
+        data.resize(64, 0);
+        let h = FrameMeta::parse(&data);
+        assert_eq!((h.l3_hdr_len(), h.l4_off(), h.proto()), (24, 38, ip::UDP));
+        assert_eq!(h.ip_end(&data), Some(len));
+        assert!(h.ip_extras());
+        assert_eq!(h.ipv4_header(&data).len(), 24);
+    }
+
+    #[test]
+    fn pseudo_header_destination() {
+        // No segments left: the IPv6 destination.
+        let spec = Spec {
+            v6: true,
+            v6_exts: vec![hop_by_hop(), dest_options(), routing_srh(0, [9; 16])],
+            ..Spec::default()
+        };
+        let data = build_tcp(&spec, b"hello");
+        let (_, dst) = FrameMeta::parse(&data).pseudo_addresses(&data).unwrap();
+        assert_eq!(dst, &data[14 + 24..14 + 40]);
+        // Segments left: the final destination the routing header names.
+        for (rh, fin) in [
+            (routing_srh(1, [7; 16]), [7u8; 16]),
+            (routing_type2([5; 16]), [5; 16]),
+            (routing_type0(&[[1; 16], [2; 16], [3; 16]]), [3; 16]),
+        ] {
+            let spec = Spec {
+                v6: true,
+                v6_exts: vec![rh],
+                ..Spec::default()
+            };
+            let data = build_udp(&spec, b"hello");
+            let h = FrameMeta::parse(&data);
+            assert_eq!(h.pseudo_addresses(&data).unwrap().1, &fin);
+        }
+        // An unknown routing type (RPL, 3) with segments left, or two routing headers: none.
+        let mut rh = routing_type2([5; 16]);
+        rh.bytes[2] = 3;
+        for exts in [
+            vec![rh],
+            vec![routing_srh(0, [1; 16]), routing_srh(0, [2; 16])],
+        ] {
+            let spec = Spec {
+                v6: true,
+                v6_exts: exts,
+                ..Spec::default()
+            };
+            let data = build_udp(&spec, b"hello");
+            assert_eq!(FrameMeta::parse(&data).pseudo_addresses(&data), None);
+        }
+        // IPv4: the header's addresses.
+        let data = build_udp(&Spec::default(), b"x");
+        let (src, dst) = FrameMeta::parse(&data).pseudo_addresses(&data).unwrap();
+        assert_eq!((src, dst), (&[10, 0, 0, 1][..], &[10, 0, 0, 2][..]));
+    }
+
+    #[test]
+    fn inconsistent_lengths() {
+        let mut data = build_tcp(&Spec::default(), b"hello");
+        data[14 + 2..14 + 4].copy_from_slice(&1000u16.to_be_bytes());
+        assert_eq!(FrameMeta::parse(&data).ip_end(&data), None);
+        data[14 + 2..14 + 4].copy_from_slice(&0u16.to_be_bytes());
+        let h = FrameMeta::parse(&data);
+        assert_eq!((h.ip_end(&data), h.l4_off()), (None, 34));
+        let v6 = Spec {
+            v6: true,
+            ..Spec::default()
+        };
+        let mut data6 = build_tcp(&v6, b"hello");
+        data6[14 + 4..14 + 6].copy_from_slice(&0u16.to_be_bytes());
+        assert_eq!(FrameMeta::parse(&data6).ip_end(&data6), None);
+    }
+
     fn ext() -> impl Strategy<Value = Ext> {
         prop_oneof![
             Just(dest_options()),

@@ -12,11 +12,11 @@ use std::sync::atomic::AtomicU64;
 use super::frame::{Frame, FramePool};
 use super::meta::FrameMeta;
 use super::BATCH;
-use crate::offload::parse::IpVersion;
 use crate::offload::{adapt_for, Coalescer, RxCaps};
 use crate::port::Port;
 use crate::stats::{add, DropReason};
 use crate::warn_ratelimited;
+use crate::wire::IpVersion;
 
 /// Flows the coalescer tracks at once per RX queue.
 const LRO_FLOWS: usize = 8;

@@ -77,6 +77,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.data_offset() as usize * 4
     }
 
+    /// The four bits after the data offset (reserved; the lowest is AE, accurate ECN).
+    #[inline]
+    pub fn reserved_bits(&self) -> u8 {
+        self.buffer.as_ref()[12] & 0x0f
+    }
+
     /// FIN..CWR (byte 13).
     #[inline]
     pub fn flags(&self) -> u8 {
@@ -166,6 +172,17 @@ mod tests {
         bad[12] = 0x40;
         assert_eq!(Packet::new_checked(&bad[..]).unwrap_err(), Error::Malformed);
         assert!(Packet::new_checked(&h[..]).is_ok());
+    }
+
+    #[test]
+    fn header_length_bounds() {
+        let mut h = header();
+        h[12] = 0x80; // 32 bytes
+        h.resize(32, 1);
+        assert_eq!(Packet::new_checked(&h[..]).unwrap().header_len(), 32);
+        assert_eq!(Packet::new_checked(&h[..31]).unwrap_err(), Error::Truncated);
+        h[12] = 0xf0; // 60 bytes claimed
+        assert_eq!(Packet::new_checked(&h[..]).unwrap_err(), Error::Truncated);
     }
 
     #[test]
