@@ -10,6 +10,7 @@
 //! - [`port`]: the state of a port that outlives a connection (egress queues, counters, link).
 //! - [`capture`]: `pcap=PATH`, a pcap file of what crosses a port.
 //! - [`stats`], [`control`]: counters and the control socket `vnic stats` reads them through.
+//! - [`wire`]: typed zero-copy views of Ethernet, IPv4, IPv6, TCP, UDP and virtio-net headers.
 //! - [`testdriver`]: a vhost-user frontend plus guest driver used by tests and benchmarks.
 
 pub mod capture;
@@ -25,3 +26,4 @@ pub mod ratelimit;
 pub mod stats;
 pub mod testdriver;
 pub mod virtq;
+pub mod wire;

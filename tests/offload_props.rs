@@ -178,9 +178,9 @@ fn gso_request(data: Vec<u8>, gso_type: u8, gso_size: u16) -> Frame {
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     data[field..field + 2].copy_from_slice(&(s as u16).to_be_bytes());
-    Frame {
+    let mut f = Frame::with_data(
         data,
-        header: NetHeader {
+        NetHeader {
             flags: F_NEEDS_CSUM,
             gso_type,
             hdr_len: (l4 + l4_len) as u16,
@@ -189,8 +189,9 @@ fn gso_request(data: Vec<u8>, gso_type: u8, gso_size: u16) -> Frame {
             csum_offset: (field - l4) as u16,
             num_buffers: 0,
         },
-        flow_hash: 7,
-    }
+    );
+    f.meta.flow_hash = 7;
+    f
 }
 
 /// Completes a partial checksum the way the virtio spec says, with etherparse's sum.
@@ -305,7 +306,7 @@ fn cut(f: Frame, partial_csum: bool, pool: &FramePool) -> Vec<Frame> {
     assert_eq!(n, out.len());
     for s in &out {
         assert_eq!(s.header.gso_type, 0);
-        assert_eq!(s.flow_hash, 7);
+        assert_eq!(s.flow_hash(), 7);
         if partial_csum {
             assert_eq!(s.header.flags, F_NEEDS_CSUM);
         } else {
@@ -317,11 +318,7 @@ fn cut(f: Frame, partial_csum: bool, pool: &FramePool) -> Vec<Frame> {
 
 /// A frame's bytes with its partial checksum (if any) completed.
 fn completed(f: &Frame) -> Vec<u8> {
-    let mut c = Frame {
-        data: f.data.clone(),
-        header: f.header,
-        flow_hash: 0,
-    };
+    let mut c = Frame::with_data(f.data.clone(), f.header);
     complete(&mut c);
     c.data
 }
@@ -497,9 +494,9 @@ proptest! {
         if data.len() >= 14 {
             data[12..14].copy_from_slice(&ethertype.to_be_bytes());
         }
-        let f = Frame {
+        let f = Frame::with_data(
             data,
-            header: NetHeader {
+            NetHeader {
                 flags: header.0,
                 gso_type: header.1,
                 hdr_len: header.2,
@@ -508,8 +505,7 @@ proptest! {
                 csum_offset: header.5 % 64,
                 num_buffers: 0,
             },
-            flow_hash: 0,
-        };
+        );
         let pool = FramePool::new(64);
         let _ = validate_tx(&f, TxCaps::ALL);
         let _ = checksums_valid(&f);

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
+use super::meta::FrameMeta;
 use super::net_header::NetHeader;
 
 /// Room reserved in a fresh frame buffer: a full standard frame fits without growing.
@@ -21,8 +22,9 @@ pub struct Frame {
     pub data: Vec<u8>,
     /// Offload state carried with the frame from its source (all zero: none).
     pub header: NetHeader,
-    /// Flow hash computed once at the source, used to pick an RX queue at each destination.
-    pub flow_hash: u32,
+    /// Headers found and flow hash computed once where the frame entered vnic
+    /// (`FrameMeta::parse`); unparsed in a fresh frame from the pool.
+    pub meta: FrameMeta,
 }
 
 impl Frame {
@@ -30,8 +32,38 @@ impl Frame {
         Frame {
             data: Vec::with_capacity(INITIAL_CAPACITY),
             header: NetHeader::default(),
-            flow_hash: 0,
+            meta: FrameMeta::default(),
         }
+    }
+
+    /// A frame of `data` with `header`, not parsed yet.
+    pub fn with_data(data: Vec<u8>, header: NetHeader) -> Self {
+        Frame {
+            data,
+            header,
+            meta: FrameMeta::default(),
+        }
+    }
+
+    /// The flow hash computed at entry, used to pick an RX queue at each destination.
+    #[inline]
+    pub fn flow_hash(&self) -> u32 {
+        self.meta.flow_hash
+    }
+
+    /// The frame's metadata: as parsed at entry, or parsed now if nobody did (a frame built
+    /// outside the datapath). Parsing now finds the headers only; the flow hash, traffic class
+    /// and steering key stay what they were set to.
+    #[inline]
+    pub fn parsed_meta(&self) -> FrameMeta {
+        if self.meta.is_parsed() {
+            return self.meta;
+        }
+        let mut meta = FrameMeta::parse(&self.data);
+        meta.flow_hash = self.meta.flow_hash;
+        meta.traffic_class = self.meta.traffic_class;
+        meta.steering_key = self.meta.steering_key;
+        meta
     }
 
     pub fn dst_mac(&self) -> [u8; 6] {
@@ -80,7 +112,7 @@ impl FramePool {
                 }
                 f.data.clear();
                 f.header = NetHeader::default();
-                f.flow_hash = 0;
+                f.meta = FrameMeta::default();
                 f
             }
             None => Frame::new(),
@@ -92,7 +124,7 @@ impl FramePool {
         let mut f = self.get();
         f.data.extend_from_slice(&src.data);
         f.header = src.header;
-        f.flow_hash = src.flow_hash;
+        f.meta = src.meta;
         f
     }
 
@@ -133,10 +165,12 @@ mod tests {
         let pool = FramePool::new(4);
         let mut f = pool.get();
         f.data.resize(9000, 7);
-        f.flow_hash = 5;
+        f.meta = FrameMeta::parse(&f.data);
+        f.meta.flow_hash = 5;
         pool.put(f);
         let g = pool.get();
-        assert!(g.data.is_empty() && g.data.capacity() >= 9000 && g.flow_hash == 0);
+        assert!(g.data.is_empty() && g.data.capacity() >= 9000 && g.flow_hash() == 0);
+        assert_eq!(g.meta, FrameMeta::default());
     }
 
     #[test]

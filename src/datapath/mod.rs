@@ -2,6 +2,8 @@
 //!
 //! - [`frame`]: a frame with its metadata, and the pool that recycles frame buffers so the
 //!   steady-state datapath allocates nothing.
+//! - [`meta`]: a frame's headers (offsets, EtherType, VLAN tags, IP protocol) and flow hash,
+//!   parsed once where it enters vnic.
 //! - [`net_header`]: the virtio-net header that precedes every frame on a virtqueue.
 //! - [`guest_io`]: copying a frame out of a TX descriptor chain and into RX chains, validating
 //!   every guest-provided address and length.
@@ -13,6 +15,7 @@
 
 pub mod frame;
 pub mod guest_io;
+pub mod meta;
 pub mod net_header;
 pub mod poller;
 pub mod queue_pair;

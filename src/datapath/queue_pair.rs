@@ -14,9 +14,9 @@ use vm_memory::GuestAddressSpace;
 
 use super::frame::{Frame, FramePool};
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
+use super::meta::FrameMeta;
 use super::net_header::{NetHeader, HEADER_LEN};
 use super::rx_stage::RxStage;
-use super::steering::flow_hash;
 use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
 use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
@@ -410,7 +410,6 @@ fn tx_burst(
                         totals.packets += 1;
                         totals.bytes += frame.data.len() as u64;
                         totals.gso += (frame.header.gso_type != 0) as u64;
-                        frame.flow_hash = flow_hash(&frame.data);
                         if let Some(capture) = &port.capture {
                             capture.record(&frame.data);
                         }
@@ -443,8 +442,8 @@ fn tx_burst(
     taken
 }
 
-/// Checks a TX frame's virtio-net header against the frame and the negotiated offloads, and
-/// keeps it with the frame. A refused request is counted under its precise reason.
+/// Parses a TX frame's headers and checks its virtio-net header against the frame and the
+/// negotiated offloads, and keeps both with the frame. A refused request is counted under its precise reason.
 fn check_tx_offload(
     frame: &mut Frame,
     hdr: &[u8; HEADER_LEN],
@@ -459,6 +458,8 @@ fn check_tx_offload(
     if frame.header.gso_type == 0 && frame.data.len() > neg.max_frame {
         return Err(DropReason::TxOversize);
     }
+    // The frame's headers, parsed once here at entry, for everything after.
+    frame.meta = FrameMeta::parse(&frame.data);
     validate_tx(frame, neg.tx_caps).map_err(|e| {
         port.counters
             .pair(pair)

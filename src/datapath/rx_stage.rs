@@ -10,12 +10,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 
 use super::frame::{Frame, FramePool};
+use super::meta::FrameMeta;
 use super::BATCH;
-use crate::offload::parse::IpVersion;
 use crate::offload::{adapt_for, Coalescer, RxCaps};
 use crate::port::Port;
 use crate::stats::{add, DropReason};
 use crate::warn_ratelimited;
+use crate::wire::IpVersion;
 
 /// Flows the coalescer tracks at once per RX queue.
 const LRO_FLOWS: usize = 8;
@@ -156,7 +157,10 @@ fn next_source_frame(port: &Port, pair: usize, pool: &FramePool, tap_max: usize)
     let tap = port.tap.as_ref()?;
     let mut frame = pool.get();
     match tap.read_frame(pair, &mut frame, tap_max) {
-        Ok(true) => Some(frame),
+        Ok(true) => {
+            frame.meta = FrameMeta::parse(&frame.data);
+            Some(frame)
+        }
         Ok(false) => {
             pool.put(frame);
             None

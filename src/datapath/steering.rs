@@ -1,13 +1,13 @@
 //! RX steering: which of a port's RX queues receives a frame.
 //!
-//! A frame's flow hash is computed once, where it enters vnic; each destination then maps the
+//! A frame's flow hash is computed once, with the rest of its metadata (`FrameMeta`), where it
+//! enters vnic; each destination then maps the
 //! hash onto its own enabled RX queues, so one flow always lands on one queue (no reordering)
 //! and many flows spread over all of them. [`RxSteering`] is the seam where other policies
 //! (Homa RPC ids, Open-MX endpoints) plug in.
 
-use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
-
 use super::frame::Frame;
+use super::meta::FrameMeta;
 
 /// Chooses an RX queue for a frame among the enabled ones (`enabled`: bit i = pair i).
 pub trait RxSteering: Send + Sync {
@@ -20,7 +20,7 @@ pub struct FlowHashSteering;
 impl RxSteering for FlowHashSteering {
     #[inline]
     fn select(&self, frame: &Frame, enabled: u32) -> Option<usize> {
-        nth_enabled(enabled, frame.flow_hash)
+        nth_enabled(enabled, frame.meta.flow_hash)
     }
 }
 
@@ -43,59 +43,11 @@ pub fn nth_enabled(enabled: u32, hash: u32) -> Option<usize> {
     }
 }
 
-/// FNV-1a: a tiny, stable, well-spread hash over a handful of header bytes. Written here
-/// because the input is a few dozen bytes and steering only needs spread, not secrecy.
-struct Fnv(u32);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0x811c_9dc5)
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        for &x in b {
-            self.0 = (self.0 ^ x as u32).wrapping_mul(0x0100_0193);
-        }
-    }
-}
-
 /// Hash of a frame's flow: addresses, protocol and ports for IP; MACs and EtherType otherwise.
-/// Never fails: a frame that does not parse hashes by its Ethernet header.
+/// Never fails. Where a frame enters vnic this comes with the rest of its metadata
+/// ([`FrameMeta::parse`]); this is for callers that want the hash alone.
 pub fn flow_hash(data: &[u8]) -> u32 {
-    let mut h = Fnv::new();
-    let parsed = LaxSlicedPacket::from_ethernet(data).ok();
-    let net = parsed.as_ref().and_then(|p| p.net.as_ref());
-    match net {
-        Some(LaxNetSlice::Ipv4(ip)) => {
-            let hdr = ip.header();
-            h.bytes(&hdr.source());
-            h.bytes(&hdr.destination());
-            h.bytes(&[hdr.protocol().0]);
-        }
-        Some(LaxNetSlice::Ipv6(ip)) => {
-            let hdr = ip.header();
-            h.bytes(&hdr.source());
-            h.bytes(&hdr.destination());
-            h.bytes(&[hdr.next_header().0]);
-        }
-        _ => h.bytes(&data[..data.len().min(14)]),
-    }
-    match parsed.as_ref().and_then(|p| p.transport.as_ref()) {
-        Some(TransportSlice::Tcp(t)) => {
-            h.bytes(&t.source_port().to_be_bytes());
-            h.bytes(&t.destination_port().to_be_bytes());
-        }
-        Some(TransportSlice::Udp(u)) => {
-            h.bytes(&u.source_port().to_be_bytes());
-            h.bytes(&u.destination_port().to_be_bytes());
-        }
-        _ => {}
-    }
-    // Final avalanche so that `hash % small_n` uses all input bits.
-    let mut x = h.0;
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x
+    FrameMeta::parse(data).flow_hash
 }
 
 #[cfg(test)]

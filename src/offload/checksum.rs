@@ -11,8 +11,9 @@
 //! `u64` holds 2^32 such words, far beyond any frame. Every piece added must start at an even
 //! offset from the start of the checksummed region (all pieces here do).
 
-use super::parse::{Headers, IpVersion, PROTO_TCP, PROTO_UDP};
 use super::{CsumVerdict, OffloadError};
+use crate::datapath::meta::FrameMeta;
+use crate::wire::{ip, tcp, udp, IpVersion};
 
 /// Adds `data` to the running sum `acc`.
 #[inline]
@@ -107,48 +108,44 @@ pub fn set_ipv4_header_checksum(hdr: &mut [u8]) {
 /// The pseudo-header sum of a packet parsed as `h`, for an L4 of `l4_len` bytes; None if the
 /// final destination cannot be found (an IPv6 routing header of an unknown type).
 #[inline]
-pub fn pseudo_for(data: &[u8], h: &Headers, protocol: u8, l4_len: usize) -> Option<u64> {
+pub fn pseudo_for(data: &[u8], h: &FrameMeta, protocol: u8, l4_len: usize) -> Option<u64> {
     let (src, dst) = h.pseudo_addresses(data)?;
     Some(pseudo_header(src, dst, protocol, l4_len as u32))
 }
 
 /// Verifies every checksum of an IP packet in an Ethernet frame (see [`CsumVerdict`]).
 pub fn verify_packet(data: &[u8]) -> CsumVerdict {
-    match super::parse::parse(data) {
-        Ok(h) => verify_parsed(data, &h),
-        Err(_) => CsumVerdict::NotApplicable,
-    }
+    verify_parsed(data, &FrameMeta::parse(data))
 }
 
 /// [`verify_packet`] for a frame already parsed as `h`.
-pub fn verify_parsed(data: &[u8], h: &Headers) -> CsumVerdict {
-    let end = match h.ip_end {
-        Some(end) => end,
-        None => return CsumVerdict::NotApplicable,
+pub fn verify_parsed(data: &[u8], h: &FrameMeta) -> CsumVerdict {
+    let (Some(version), Some(end)) = (h.ip(), h.ip_end(data)) else {
+        return CsumVerdict::NotApplicable;
     };
-    if h.ip == IpVersion::V4 && fold(add(0, h.ipv4_header(data))) != 0xffff {
+    if version == IpVersion::V4 && fold(add(0, h.ipv4_header(data))) != 0xffff {
         return CsumVerdict::Invalid;
     }
-    if h.fragmented {
+    if h.is_fragment() {
         return CsumVerdict::NotApplicable;
     }
-    let (min_len, field) = match h.proto {
-        PROTO_TCP => (20, 16),
-        PROTO_UDP => (8, 6),
+    let min_len = match h.proto() {
+        ip::TCP => tcp::MIN_HEADER_LEN,
+        ip::UDP => udp::HEADER_LEN,
         _ => return CsumVerdict::NotApplicable,
     };
-    if h.l4_off + min_len > end {
+    if h.l4_off() + min_len > end {
         return CsumVerdict::NotApplicable;
     }
-    let l4 = &data[h.l4_off..end];
-    if h.proto == PROTO_UDP && l4[field] == 0 && l4[field + 1] == 0 {
+    let l4 = &data[h.l4_off()..end];
+    if h.proto() == ip::UDP && udp::Packet::new_unchecked(l4).checksum() == 0 {
         // No checksum: allowed over IPv4 only (RFC 768; RFC 8200 §8.1).
-        return match h.ip {
+        return match version {
             IpVersion::V4 => CsumVerdict::Valid,
             IpVersion::V6 => CsumVerdict::Invalid,
         };
     }
-    let Some(pseudo) = pseudo_for(data, h, h.proto, l4.len()) else {
+    let Some(pseudo) = pseudo_for(data, h, h.proto(), l4.len()) else {
         return CsumVerdict::NotApplicable;
     };
     if fold(add(pseudo, l4)) == 0xffff {

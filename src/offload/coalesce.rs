@@ -36,18 +36,17 @@
 //! it (the destination has GUEST_CSUM, implied by GUEST_TSO).
 
 use super::checksum::{self, fold};
-use super::parse::{
-    self, Headers, IpVersion, PROTO_TCP, TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG,
-};
 use super::{CsumVerdict, GSO_TCPV4, GSO_TCPV6, MAX_IP_LEN, TCP_CSUM_OFFSET};
 use crate::datapath::frame::{Frame, FramePool};
+use crate::datapath::meta::FrameMeta;
 use crate::datapath::net_header::{NetHeader, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE};
+use crate::wire::tcp::{self, CWR, FIN, PSH, RST, SYN, URG};
+use crate::wire::{ip, ipv4, ipv6, IpVersion};
 
 /// Flags that keep a segment out of any merge.
-const NEVER_MERGED: u8 = TCP_SYN | TCP_RST | TCP_URG | TCP_CWR;
+const NEVER_MERGED: u8 = SYN | RST | URG | CWR;
 /// Flags merged as the last segment of a frame.
-const ENDS_FRAME: u8 = TCP_PSH | TCP_FIN;
-const TCP_OPT_TIMESTAMP: u8 = 8;
+const ENDS_FRAME: u8 = PSH | FIN;
 
 /// LRO for one RX queue: feed frames in arrival order, get merged frames out.
 pub struct Coalescer {
@@ -57,12 +56,9 @@ pub struct Coalescer {
 }
 
 /// One flow's frame under construction: its first segment with later payloads appended.
-/// IPv4 "don't fragment" flag (in the byte at offset 6 of the header).
-const IPV4_DF: u8 = 0x40;
-
 struct Flow {
     frame: Frame,
-    hdrs: Headers,
+    hdrs: FrameMeta,
     /// Ethernet + IP + TCP headers.
     hdr_len: usize,
     mss: usize,
@@ -99,7 +95,7 @@ struct Timestamp {
 
 /// A TCP segment that may be merged.
 struct Segment {
-    hdrs: Headers,
+    hdrs: FrameMeta,
     tcp_hdr_len: usize,
     seq: u32,
     flags: u8,
@@ -114,7 +110,7 @@ enum Class {
     Other,
     /// A TCP frame that is not merged; the flow it belongs to (if held) is flushed first, to
     /// keep the flow's order.
-    Unmergeable(Headers),
+    Unmergeable(FrameMeta),
     /// A mergeable segment; `verified`: vnic checked its checksums.
     Candidate { seg: Segment, verified: bool },
 }
@@ -186,25 +182,46 @@ impl Coalescer {
     }
 
     /// The held flow `data` (parsed as `hdrs`) belongs to: same L2 header, addresses, ports.
-    fn find(&self, data: &[u8], hdrs: &Headers) -> Option<usize> {
+    fn find(&self, data: &[u8], hdrs: &FrameMeta) -> Option<usize> {
         self.flows.iter().position(|f| same_flow(f, data, hdrs))
     }
 }
 
-fn same_flow(flow: &Flow, data: &[u8], hdrs: &Headers) -> bool {
+fn same_flow(flow: &Flow, data: &[u8], hdrs: &FrameMeta) -> bool {
     let held = &flow.frame.data;
     let (a, b) = (&flow.hdrs, hdrs);
-    if a.ip != b.ip || a.l3_off != b.l3_off {
+    if a.ip() != b.ip() || a.l3_off() != b.l3_off() {
         return false;
     }
-    let (addr_at, addr_len) = match a.ip {
-        IpVersion::V4 => (12, 8),
-        IpVersion::V6 => (8, 32),
+    let (l3, l4) = (a.l3_off(), a.l4_off());
+    let addresses_same = match a.ip() {
+        Some(IpVersion::V4) => {
+            let (x, y) = (ipv4(held, l3), ipv4(data, l3));
+            x.src_addr() == y.src_addr() && x.dst_addr() == y.dst_addr()
+        }
+        _ => {
+            let (x, y) = (ipv6(held, l3), ipv6(data, l3));
+            x.src_addr() == y.src_addr() && x.dst_addr() == y.dst_addr()
+        }
     };
-    let addrs = |h: &Headers| h.l3_off + addr_at..h.l3_off + addr_at + addr_len;
-    held[..a.l3_off] == data[..b.l3_off]
-        && held[addrs(a)] == data[addrs(b)]
-        && held[a.l4_off..a.l4_off + 4] == data[b.l4_off..b.l4_off + 4]
+    let (x, y) = (tcp(held, l4), tcp(data, b.l4_off()));
+    held[..l3] == data[..l3]
+        && addresses_same
+        && x.src_port() == y.src_port()
+        && x.dst_port() == y.dst_port()
+}
+
+/// Views of headers that [`classify`] found whole.
+fn ipv4(d: &[u8], l3: usize) -> ipv4::Packet<&[u8]> {
+    ipv4::Packet::new_unchecked(&d[l3..])
+}
+
+fn ipv6(d: &[u8], l3: usize) -> ipv6::Packet<&[u8]> {
+    ipv6::Packet::new_unchecked(&d[l3..])
+}
+
+fn tcp(d: &[u8], l4: usize) -> tcp::Packet<&[u8]> {
+    tcp::Packet::new_unchecked(&d[l4..])
 }
 
 /// A segment delivered on its own: as it came, vouched for if vnic verified it.
@@ -215,14 +232,6 @@ fn lone(mut frame: Frame, verified: bool) -> Frame {
     frame
 }
 
-fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([d[at], d[at + 1]])
-}
-
-fn be32(d: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
-}
-
 /// `a` is not before `b` in sequence-space arithmetic (RFC 1982), as TCP compares timestamps.
 fn not_before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
@@ -230,10 +239,12 @@ fn not_before(a: u32, b: u32) -> bool {
 
 fn classify(frame: &Frame) -> Class {
     let data = &frame.data;
-    let Ok(hdrs) = parse::parse(data) else {
-        return Class::Other;
-    };
-    if hdrs.proto != PROTO_TCP || hdrs.fragmented || hdrs.l4_off + 4 > data.len() {
+    let hdrs = frame.parsed_meta();
+    if hdrs.ip().is_none()
+        || hdrs.proto() != ip::TCP
+        || hdrs.is_fragment()
+        || hdrs.l4_off() + 4 > data.len()
+    {
         return Class::Other;
     }
     match candidate(frame, &hdrs) {
@@ -243,47 +254,46 @@ fn classify(frame: &Frame) -> Class {
 }
 
 /// The segment, if `frame` (TCP, parsed as `hdrs`) may be merged, and whether vnic verified it.
-fn candidate(frame: &Frame, hdrs: &Headers) -> Option<(Segment, bool)> {
+fn candidate(frame: &Frame, hdrs: &FrameMeta) -> Option<(Segment, bool)> {
     let data = &frame.data;
     let h = &frame.header;
     if h.gso_type != GSO_NONE
-        || hdrs.ip_extras
-        || hdrs.has_frag_header
-        || hdrs.ip_end != Some(data.len())
+        || hdrs.ip_extras()
+        || hdrs.has_frag_header()
+        || hdrs.ip_end(data) != Some(data.len())
     {
         return None;
     }
-    let l4 = hdrs.l4_off;
-    let tcp_hdr_len = parse::tcp_header_len(data, l4, data.len())?;
+    let l4 = hdrs.l4_off();
+    let t = tcp::Packet::new_checked(&data[l4..]).ok()?;
+    let tcp_hdr_len = t.header_len();
     let payload_len = data.len() - l4 - tcp_hdr_len;
-    let flags = data[l4 + 13];
+    let flags = t.flags();
     if payload_len == 0 || flags & NEVER_MERGED != 0 {
         return None;
     }
-    let ts = find_timestamp(&data[l4 + 20..l4 + tcp_hdr_len])
-        .ok()?
-        .map(|o| {
-            let at = 20 + o;
-            Timestamp {
-                at,
-                val: be32(data, l4 + at),
-                ecr: be32(data, l4 + at + 4),
-            }
-        });
+    let ts = find_timestamp(t.options()).ok()?.map(|o| {
+        let at = tcp::MIN_HEADER_LEN + o;
+        Timestamp {
+            at,
+            val: u32::from_be_bytes(t.options()[o..o + 4].try_into().unwrap()),
+            ecr: u32::from_be_bytes(t.options()[o + 4..o + 8].try_into().unwrap()),
+        }
+    });
     let verified = match h.flags {
         F_NEEDS_CSUM if h.csum_start as usize == l4 && h.csum_offset == TCP_CSUM_OFFSET => false,
         F_DATA_VALID => false,
         0 if checksum::verify_parsed(data, hdrs) == CsumVerdict::Valid => true,
         _ => return None,
     };
-    let ip_id = match hdrs.ip {
-        IpVersion::V4 => be16(data, hdrs.l3_off + 4),
-        IpVersion::V6 => 0,
+    let ip_id = match hdrs.ip() {
+        Some(IpVersion::V4) => ipv4(data, hdrs.l3_off()).ident(),
+        _ => 0,
     };
     let seg = Segment {
         hdrs: *hdrs,
         tcp_hdr_len,
-        seq: be32(data, l4 + 4),
+        seq: t.seq_number(),
         flags,
         payload_len,
         ip_id,
@@ -299,14 +309,14 @@ fn find_timestamp(opts: &[u8]) -> Result<Option<usize>, ()> {
     let mut found = None;
     while i < opts.len() {
         match opts[i] {
-            0 => break, // end of options; the rest is padding (compared byte for byte)
-            1 => i += 1,
+            tcp::OPT_END => break, // the rest is padding (compared byte for byte)
+            tcp::OPT_NOP => i += 1,
             kind => {
                 let len = *opts.get(i + 1).ok_or(())? as usize;
                 if len < 2 || i + len > opts.len() {
                     return Err(());
                 }
-                if kind == TCP_OPT_TIMESTAMP {
+                if kind == tcp::OPT_TIMESTAMP {
                     if len != 10 || found.is_some() {
                         return Err(());
                     }
@@ -320,11 +330,13 @@ fn find_timestamp(opts: &[u8]) -> Result<Option<usize>, ()> {
 }
 
 impl Flow {
-    fn start(frame: Frame, seg: Segment, verified: bool) -> Flow {
+    fn start(mut frame: Frame, seg: Segment, verified: bool) -> Flow {
+        // Merging appends payload only: the first segment's metadata stays true.
+        frame.meta = seg.hdrs;
         Flow {
             frame,
             hdrs: seg.hdrs,
-            hdr_len: seg.hdrs.l4_off + seg.tcp_hdr_len,
+            hdr_len: seg.hdrs.l4_off() + seg.tcp_hdr_len,
             mss: seg.payload_len,
             segments: 1,
             next_seq: seg.seq.wrapping_add(seg.payload_len as u32),
@@ -339,8 +351,8 @@ impl Flow {
 
     fn can_merge(&self, data: &[u8], seg: &Segment) -> bool {
         let held = &self.frame.data;
-        let (l3, l4) = (self.hdrs.l3_off, self.hdrs.l4_off);
-        if seg.hdrs.l4_off != l4
+        let (l3, l4) = (self.hdrs.l3_off(), self.hdrs.l4_off());
+        if seg.hdrs.l4_off() != l4
             || seg.tcp_hdr_len + l4 != self.hdr_len
             || seg.seq != self.next_seq
             || seg.payload_len > self.mss
@@ -348,38 +360,45 @@ impl Flow {
         {
             return false;
         }
-        let same = |r: std::ops::Range<usize>| held[r.clone()] == data[r];
-        let ip_same = match self.hdrs.ip {
+        let ip_same = match self.hdrs.ip() {
             // TOS; flags (DF); TTL. The ID must follow on (or stay fixed, with DF).
-            IpVersion::V4 => {
-                self.ip_id_mode(held[l3 + 6] & IPV4_DF != 0, seg.ip_id)
-                    .is_some()
-                    && same(l3 + 1..l3 + 2)
-                    && held[l3 + 6] & 0xe0 == data[l3 + 6] & 0xe0
-                    && same(l3 + 8..l3 + 9)
+            Some(IpVersion::V4) => {
+                let (x, y) = (ipv4(held, l3), ipv4(data, l3));
+                self.ip_id_mode(x.dont_frag(), seg.ip_id).is_some()
+                    && x.tos() == y.tos()
+                    && x.flags() == y.flags()
+                    && x.ttl() == y.ttl()
             }
             // Version, traffic class, flow label; hop limit.
-            IpVersion::V6 => same(l3..l3 + 4) && same(l3 + 7..l3 + 8),
+            _ => {
+                let (x, y) = (ipv6(held, l3), ipv6(data, l3));
+                x.traffic_class() == y.traffic_class()
+                    && x.flow_label() == y.flow_label()
+                    && x.hop_limit() == y.hop_limit()
+            }
         };
-        // ACK number, data offset, flags but PSH/FIN, window, urgent pointer.
+        // ACK number, data offset (checked above) and reserved bits, flags but PSH/FIN, window,
+        // urgent pointer.
+        let (x, y) = (tcp(held, l4), tcp(data, l4));
         ip_same
-            && same(l4 + 8..l4 + 13)
-            && (held[l4 + 13] ^ seg.flags) & !ENDS_FRAME == 0
-            && same(l4 + 14..l4 + 16)
-            && same(l4 + 18..l4 + 20)
+            && x.ack_number() == y.ack_number()
+            && x.reserved_bits() == y.reserved_bits()
+            && (x.flags() ^ seg.flags) & !ENDS_FRAME == 0
+            && x.window_len() == y.window_len()
+            && x.urgent_at() == y.urgent_at()
             && self.options_match(data, seg)
     }
 
     /// Options byte for byte, except timestamps, which may only move forward.
     fn options_match(&self, data: &[u8], seg: &Segment) -> bool {
         let held = &self.frame.data;
-        let l4 = self.hdrs.l4_off;
+        let opts = self.hdrs.l4_off() + tcp::MIN_HEADER_LEN;
         let end = self.hdr_len;
         match (self.ts, seg.ts) {
-            (None, None) => held[l4 + 20..end] == data[l4 + 20..end],
+            (None, None) => held[opts..end] == data[opts..end],
             (Some(a), Some(b)) if a.at == b.at => {
-                let ts = l4 + a.at;
-                held[l4 + 20..ts] == data[l4 + 20..ts]
+                let ts = self.hdrs.l4_off() + a.at;
+                held[opts..ts] == data[opts..ts]
                     && held[ts + 8..end] == data[ts + 8..end]
                     && not_before(b.val, a.val)
                     && not_before(b.ecr, a.ecr)
@@ -402,8 +421,8 @@ impl Flow {
     }
 
     fn merge(&mut self, data: &[u8], seg: &Segment) {
-        if self.hdrs.ip == IpVersion::V4 {
-            let df = self.frame.data[self.hdrs.l3_off + 6] & IPV4_DF != 0;
+        if self.hdrs.ip() == Some(IpVersion::V4) {
+            let df = ipv4(&self.frame.data, self.hdrs.l3_off()).dont_frag();
             self.ip_ids = self.ip_id_mode(df, seg.ip_id).unwrap_or(IpIds::Increment);
         }
         self.frame
@@ -420,7 +439,7 @@ impl Flow {
     fn is_complete(&self, last_payload: usize) -> bool {
         self.end_flags != 0
             || last_payload < self.mss
-            || self.frame.data.len() - self.hdrs.l3_off + self.mss > MAX_IP_LEN
+            || self.frame.data.len() - self.hdrs.l3_off() + self.mss > MAX_IP_LEN
     }
 
     /// The frame to deliver: the first segment as it was if nothing merged, else the merged
@@ -431,29 +450,30 @@ impl Flow {
         }
         let mut frame = self.frame;
         let d = &mut frame.data;
-        let (l3, l4) = (self.hdrs.l3_off, self.hdrs.l4_off);
+        let (l3, l4) = (self.hdrs.l3_off(), self.hdrs.l4_off());
         let ip_len = d.len() - l3;
-        let gso_type = match self.hdrs.ip {
-            IpVersion::V4 => {
-                d[l3 + 2..l3 + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-                checksum::set_ipv4_header_checksum(&mut d[l3..l3 + self.hdrs.l3_hdr_len]);
+        let gso_type = match self.hdrs.ip() {
+            Some(IpVersion::V4) => {
+                let mut p = ipv4::Packet::new_unchecked(&mut d[l3..]);
+                p.set_total_len(ip_len as u16);
+                checksum::set_ipv4_header_checksum(p.header_mut());
                 GSO_TCPV4
             }
-            IpVersion::V6 => {
-                let payload_len = (ip_len - self.hdrs.l3_hdr_len) as u16;
-                d[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
+            _ => {
+                let payload_len = (ip_len - self.hdrs.l3_hdr_len()) as u16;
+                ipv6::Packet::new_unchecked(&mut d[l3..]).set_payload_len(payload_len);
                 GSO_TCPV6
             }
         };
-        d[l4 + 13] |= self.end_flags;
-        if let Some(ts) = self.ts {
-            d[l4 + ts.at..l4 + ts.at + 4].copy_from_slice(&ts.val.to_be_bytes());
-            d[l4 + ts.at + 4..l4 + ts.at + 8].copy_from_slice(&ts.ecr.to_be_bytes());
-        }
-        let seed = checksum::pseudo_for(d, &self.hdrs, PROTO_TCP, d.len() - l4)
+        let seed = checksum::pseudo_for(d, &self.hdrs, ip::TCP, d.len() - l4)
             .expect("no extension headers: the addresses are in the IP header");
-        let field = l4 + TCP_CSUM_OFFSET as usize;
-        d[field..field + 2].copy_from_slice(&fold(seed).to_be_bytes());
+        let mut t = tcp::Packet::new_unchecked(&mut d[l4..]);
+        t.set_flags(t.flags() | self.end_flags);
+        if let Some(ts) = self.ts {
+            t.set_u32_at(ts.at, ts.val);
+            t.set_u32_at(ts.at + 4, ts.ecr);
+        }
+        t.set_checksum(fold(seed));
         frame.header = NetHeader {
             flags: F_NEEDS_CSUM,
             gso_type,
@@ -472,6 +492,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::*;
     use super::*;
+    use crate::wire::be32;
 
     struct Run {
         pool: FramePool,
@@ -592,15 +613,16 @@ mod tests {
 
     /// Recomputes the checksums of a test frame after editing it.
     fn fix(d: &mut [u8]) {
-        let h = parse::parse(d).unwrap();
-        if h.ip == IpVersion::V4 {
-            checksum::set_ipv4_header_checksum(&mut d[h.l3_off..h.l3_off + h.l3_hdr_len]);
+        let h = FrameMeta::parse(d);
+        if h.ip() == Some(IpVersion::V4) {
+            let (l3, len) = (h.l3_off(), h.l3_hdr_len());
+            checksum::set_ipv4_header_checksum(&mut d[l3..l3 + len]);
         }
-        let field = h.l4_off + if h.proto == 17 { 6 } else { 16 };
+        let field = h.l4_off() + if h.proto() == 17 { 6 } else { 16 };
         d[field] = 0;
         d[field + 1] = 0;
-        let p = checksum::pseudo_for(d, &h, h.proto, d.len() - h.l4_off).unwrap();
-        let c = checksum::finish(checksum::add(p, &d[h.l4_off..]));
+        let p = checksum::pseudo_for(d, &h, h.proto(), d.len() - h.l4_off()).unwrap();
+        let c = checksum::finish(checksum::add(p, &d[h.l4_off()..]));
         d[field..field + 2].copy_from_slice(&c.to_be_bytes());
     }
 

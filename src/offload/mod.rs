@@ -16,8 +16,11 @@
 //! - [`Coalescer`] merges in-order TCP segments of a flow into one GSO frame (LRO) for a
 //!   destination that negotiated GUEST_TSO4/6.
 //!
-//! Files: [`checksum`] (ones'-complement arithmetic), [`parse`] (header offsets, found once),
-//! `validate` (a header against its frame), `segment` (software TSO/USO), `coalesce` (LRO).
+//! Files: [`checksum`] (ones'-complement arithmetic), `validate` (a header against its frame),
+//! `segment` (software TSO/USO), `coalesce` (LRO). Where a frame's headers are comes from its
+//! [`FrameMeta`](crate::datapath::meta::FrameMeta), parsed once where it entered vnic (or here,
+//! for a frame nobody parsed); the headers are read and written through the
+//! [`wire`](crate::wire) views.
 //!
 //! Homa (IP protocol 146) frames claim to be TCP GSO jobs: they are never cut or merged as TCP
 //! (see `shared/reference/homa-openmx-wire.md`): a guest's request is refused with
@@ -25,7 +28,6 @@
 
 pub mod checksum;
 mod coalesce;
-pub mod parse;
 mod segment;
 mod validate;
 
@@ -34,7 +36,7 @@ pub use validate::validate_tx;
 
 use crate::datapath::frame::{Frame, FramePool};
 use crate::datapath::net_header::{F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE};
-use parse::IpVersion;
+use crate::wire::{ip, tcp, udp, IpVersion};
 use virtio_bindings::virtio_net as vn;
 
 /// `gso_type` values (virtio 1.2 §5.1.6). `GSO_NONE` and the flags live in `net_header`.
@@ -48,9 +50,9 @@ pub const GSO_UDP_L4: u8 = vn::VIRTIO_NET_HDR_GSO_UDP_L4 as u8;
 pub const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
 
 /// Offset of the checksum field in a TCP header.
-pub const TCP_CSUM_OFFSET: u16 = 16;
+pub const TCP_CSUM_OFFSET: u16 = tcp::CHECKSUM_OFFSET as u16;
 /// Offset of the checksum field in a UDP header.
-pub const UDP_CSUM_OFFSET: u16 = 6;
+pub const UDP_CSUM_OFFSET: u16 = udp::CHECKSUM_OFFSET as u16;
 
 /// The most segments one GSO frame may be cut into. Linux TCP never goes below an MSS of 88
 /// (745 segments for 64 KiB) and Linux UDP GSO stops at 256 segments; beyond this a tiny
@@ -278,8 +280,16 @@ impl GsoKind {
     /// IP protocol number of the L4 this kind cuts.
     pub(crate) fn protocol(self) -> u8 {
         match self {
-            GsoKind::Tcp => parse::PROTO_TCP,
-            GsoKind::Udp => parse::PROTO_UDP,
+            GsoKind::Tcp => ip::TCP,
+            GsoKind::Udp => ip::UDP,
+        }
+    }
+
+    /// Writes the checksum field of this kind's L4 header (`l4`: from the header on).
+    pub(crate) fn set_checksum(self, l4: &mut [u8], csum: u16) {
+        match self {
+            GsoKind::Tcp => tcp::Packet::new_unchecked(l4).set_checksum(csum),
+            GsoKind::Udp => udp::Packet::new_unchecked(l4).set_checksum(csum),
         }
     }
 
@@ -400,7 +410,8 @@ fn adapt_gso(
             return Err(e);
         }
     };
-    if caps.takes_gso(gso.kind, gso.ecn, plan.hdrs.ip) {
+    if caps.takes_gso(gso.kind, gso.ecn, plan.ip) {
+        frame.meta = plan.meta;
         if frame.header.flags & F_NEEDS_CSUM == 0 {
             segment::make_partial(&mut frame, &plan);
         }
@@ -441,7 +452,7 @@ pub fn verify_checksums(frame: &Frame) -> CsumVerdict {
     if frame.header.flags & F_NEEDS_CSUM != 0 || frame.header.gso_type != GSO_NONE {
         return CsumVerdict::NotApplicable;
     }
-    checksum::verify_packet(&frame.data)
+    checksum::verify_parsed(&frame.data, &frame.parsed_meta())
 }
 
 /// Verifies the L3/L4 checksums of a plain frame (no NEEDS_CSUM); true if all present checksums

@@ -12,11 +12,11 @@
 //!   segment just written (still in cache).
 
 use super::checksum::{self, add, finish, fold, pseudo_rest};
-use super::parse::{IpVersion, TCP_CWR, TCP_FIN, TCP_PSH};
 use super::validate::GsoPlan;
 use super::GsoKind;
 use crate::datapath::frame::{Frame, FramePool};
 use crate::datapath::net_header::{NetHeader, F_NEEDS_CSUM};
+use crate::wire::{ipv4, ipv6, tcp, udp, IpVersion};
 
 /// Cuts `src` (checked by `plan_gso`) into `plan.segments` frames pushed to `out`; returns how
 /// many. `src` itself is left untouched.
@@ -33,7 +33,7 @@ pub(crate) fn segment(
     let first = Originals::read(data, plan);
     // The addresses of the pseudo-header are the same for every segment: sum them once.
     let (src_addr, dst_addr) = plan
-        .hdrs
+        .meta
         .pseudo_addresses(data)
         .expect("plan_gso checked the pseudo-header addresses");
     let addresses = add(add(0, src_addr), dst_addr);
@@ -45,7 +45,8 @@ pub(crate) fn segment(
         seg.data.reserve(plan.hdr_len + (end - start));
         seg.data.extend_from_slice(headers);
         seg.data.extend_from_slice(&payload[start..end]);
-        seg.flow_hash = src.flow_hash;
+        // Same headers: the same metadata (and the flow hash the job was given at entry).
+        seg.meta = plan.meta;
         let position = Position {
             index: i,
             last: i + 1 == plan.segments,
@@ -69,17 +70,15 @@ struct Originals {
 
 impl Originals {
     fn read(data: &[u8], plan: &GsoPlan) -> Self {
-        let l3 = plan.hdrs.l3_off;
-        let l4 = plan.hdrs.l4_off;
-        let ip_id = match plan.hdrs.ip {
-            IpVersion::V4 => u16::from_be_bytes([data[l3 + 4], data[l3 + 5]]),
+        let ip_id = match plan.ip {
+            IpVersion::V4 => ipv4::Packet::new_unchecked(&data[plan.meta.l3_off()..]).ident(),
             IpVersion::V6 => 0,
         };
         let (tcp_seq, tcp_flags) = match plan.kind {
-            GsoKind::Tcp => (
-                u32::from_be_bytes([data[l4 + 4], data[l4 + 5], data[l4 + 6], data[l4 + 7]]),
-                data[l4 + 13],
-            ),
+            GsoKind::Tcp => {
+                let t = tcp::Packet::new_unchecked(&data[plan.meta.l4_off()..]);
+                (t.seq_number(), t.flags())
+            }
             GsoKind::Udp => (0, 0),
         };
         Originals {
@@ -98,84 +97,85 @@ struct Position {
     payload_len: usize,
 }
 
-fn put_u16(data: &mut [u8], at: usize, v: u16) {
-    data[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
 fn patch_ip(seg: &mut [u8], plan: &GsoPlan, first: &Originals, pos: &Position) {
-    let l3 = plan.hdrs.l3_off;
+    let l3 = plan.meta.l3_off();
     let ip_len = seg.len() - l3;
-    match plan.hdrs.ip {
+    match plan.ip {
         IpVersion::V4 => {
-            put_u16(seg, l3 + 2, ip_len as u16);
-            put_u16(seg, l3 + 4, first.ip_id.wrapping_add(pos.index as u16));
-            checksum::set_ipv4_header_checksum(&mut seg[l3..l3 + plan.hdrs.l3_hdr_len]);
+            let mut p = ipv4::Packet::new_unchecked(&mut seg[l3..]);
+            p.set_total_len(ip_len as u16);
+            p.set_ident(first.ip_id.wrapping_add(pos.index as u16));
+            checksum::set_ipv4_header_checksum(p.header_mut());
         }
-        IpVersion::V6 => put_u16(seg, l3 + 4, (ip_len - plan.hdrs.l3_hdr_len) as u16),
+        IpVersion::V6 => ipv6::Packet::new_unchecked(&mut seg[l3..])
+            .set_payload_len((ip_len - plan.meta.l3_hdr_len()) as u16),
     }
 }
 
 fn patch_l4(seg: &mut [u8], plan: &GsoPlan, first: &Originals, pos: &Position) {
-    let l4 = plan.hdrs.l4_off;
+    let l4 = &mut seg[plan.meta.l4_off()..];
     match plan.kind {
         GsoKind::Tcp => {
-            let seq = first.tcp_seq.wrapping_add(pos.payload_offset as u32);
-            seg[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            let mut t = tcp::Packet::new_unchecked(l4);
+            t.set_seq_number(first.tcp_seq.wrapping_add(pos.payload_offset as u32));
             let mut flags = first.tcp_flags;
             if !pos.last {
-                flags &= !(TCP_FIN | TCP_PSH);
+                flags &= !(tcp::FIN | tcp::PSH);
             }
             if pos.index != 0 {
-                flags &= !TCP_CWR;
+                flags &= !tcp::CWR;
             }
-            seg[l4 + 13] = flags;
+            t.set_flags(flags);
         }
-        GsoKind::Udp => put_u16(seg, l4 + 4, (plan.l4_hdr_len + pos.payload_len) as u16),
+        GsoKind::Udp => {
+            udp::Packet::new_unchecked(l4).set_length((plan.l4_hdr_len + pos.payload_len) as u16)
+        }
     }
 }
 
 /// Writes the segment's L4 checksum (partial or complete) and returns its virtio-net header.
 fn fill_l4_checksum(seg: &mut [u8], plan: &GsoPlan, addresses: u64, partial: bool) -> NetHeader {
-    let l4 = plan.hdrs.l4_off;
-    let field = l4 + plan.kind.csum_offset() as usize;
-    let l4_len = (seg.len() - l4) as u32;
-    let pseudo = addresses + pseudo_rest(plan.kind.protocol(), l4_len);
+    let l4_off = plan.meta.l4_off();
+    let l4 = &mut seg[l4_off..];
+    let pseudo = addresses + pseudo_rest(plan.kind.protocol(), l4.len() as u32);
     if partial {
         // The field holds the folded pseudo-header sum; the receiver adds the rest.
-        put_u16(seg, field, fold(pseudo));
-        return NetHeader {
-            flags: F_NEEDS_CSUM,
-            csum_start: l4 as u16,
-            csum_offset: plan.kind.csum_offset(),
-            ..NetHeader::default()
-        };
+        plan.kind.set_checksum(l4, fold(pseudo));
+        return partial_header(l4_off, plan.kind);
     }
-    put_u16(seg, field, 0);
-    let mut csum = finish(add(pseudo, &seg[l4..]));
+    plan.kind.set_checksum(l4, 0);
+    let mut csum = finish(add(pseudo, l4));
     if csum == 0 && plan.kind == GsoKind::Udp {
         // 0 means "no checksum" to UDP; 0xffff is the same sum.
         csum = 0xffff;
     }
-    put_u16(seg, field, csum);
+    plan.kind.set_checksum(l4, csum);
     NetHeader::default()
+}
+
+/// The virtio-net header of a partial checksum of `kind` at `l4_off`.
+fn partial_header(l4_off: usize, kind: GsoKind) -> NetHeader {
+    NetHeader {
+        flags: F_NEEDS_CSUM,
+        csum_start: l4_off as u16,
+        csum_offset: kind.csum_offset(),
+        ..NetHeader::default()
+    }
 }
 
 /// Turns a GSO frame that carries `F_DATA_VALID` (a host tap's GRO output) into the partial form
 /// a virtio driver expects with `gso_type`: NEEDS_CSUM at the L4 checksum, seeded with the
 /// pseudo-header of the whole packet (as Linux's own TSO frames are).
 pub(crate) fn make_partial(frame: &mut Frame, plan: &GsoPlan) {
-    let l4 = plan.hdrs.l4_off;
+    let l4 = plan.meta.l4_off();
     let l4_len = frame.data.len() - l4;
-    let seed = checksum::pseudo_for(&frame.data, &plan.hdrs, plan.kind.protocol(), l4_len)
+    let seed = checksum::pseudo_for(&frame.data, &plan.meta, plan.kind.protocol(), l4_len)
         .expect("plan_gso checked the pseudo-header addresses");
-    put_u16(
-        &mut frame.data,
-        l4 + plan.kind.csum_offset() as usize,
-        fold(seed),
-    );
-    frame.header.flags = F_NEEDS_CSUM;
-    frame.header.csum_start = l4 as u16;
-    frame.header.csum_offset = plan.kind.csum_offset();
+    plan.kind.set_checksum(&mut frame.data[l4..], fold(seed));
+    let h = partial_header(l4, plan.kind);
+    frame.header.flags = h.flags;
+    frame.header.csum_start = h.csum_start;
+    frame.header.csum_offset = h.csum_offset;
 }
 
 #[cfg(test)]
@@ -424,14 +424,7 @@ mod tests {
                 let payload = pattern(len);
                 let f = tso_frame(build_udp(&spec, &payload), GSO_UDP_L4, mss);
                 for partial in [false, true] {
-                    let out = cut(
-                        Frame {
-                            data: f.data.clone(),
-                            header: f.header,
-                            flow_hash: 0,
-                        },
-                        partial,
-                    );
+                    let out = cut(Frame::with_data(f.data.clone(), f.header), partial);
                     assert_eq!(out.len(), len.div_ceil(mss as usize));
                     let mut joined = Vec::new();
                     for (i, s) in out.iter().enumerate() {
@@ -454,7 +447,7 @@ mod tests {
         let mut out = Vec::new();
         let f = tso_frame(build_tcp(&Spec::default(), &pattern(3000)), GSO_TCPV4, 1000);
         adapt_for(f, RxCaps::default(), &pool, &mut out).unwrap();
-        assert!(out.iter().all(|s| s.flow_hash == 0x1234));
+        assert!(out.iter().all(|s| s.flow_hash() == 0x1234));
         assert_eq!(pool.parked(), 1, "the job's buffer went back to the pool");
     }
 }

@@ -7,7 +7,11 @@ use etherparse::{LaxSlicedPacket, TransportSlice};
 use crate::datapath::frame::Frame;
 use crate::datapath::net_header::{NetHeader, F_NEEDS_CSUM};
 
-pub use super::parse::{PROTO_HOMA, TCP_ACK, TCP_CWR, TCP_ECE, TCP_FIN, TCP_PSH};
+pub use crate::wire::ip::HOMA as PROTO_HOMA;
+pub use crate::wire::tcp::{
+    ACK as TCP_ACK, CWR as TCP_CWR, ECE as TCP_ECE, FIN as TCP_FIN, PSH as TCP_PSH, RST as TCP_RST,
+    SYN as TCP_SYN, URG as TCP_URG,
+};
 
 /// One IPv6 extension header: its type and its bytes (byte 0, the next header, is filled in).
 #[derive(Clone, Debug)]
@@ -239,11 +243,9 @@ fn build(spec: &Spec, proto: u8, mut l4: Vec<u8>, csum_field: usize) -> Vec<u8> 
 }
 
 pub fn frame_of(data: Vec<u8>) -> Frame {
-    Frame {
-        data,
-        header: NetHeader::default(),
-        flow_hash: 0x1234,
-    }
+    let mut f = Frame::with_data(data, NetHeader::default());
+    f.meta.flow_hash = 0x1234;
+    f
 }
 
 /// L4 offset, L4 header length and checksum field offset of a TCP or UDP frame, found with
@@ -286,10 +288,10 @@ pub fn partial(mut f: Frame) -> Frame {
 
 /// Like [`l4_layout`], but also for protocol 146 (read as TCP).
 fn partial_layout(data: &[u8]) -> (usize, usize, usize) {
-    let h = super::parse::parse(data).unwrap();
-    if h.proto == PROTO_HOMA {
-        let hl = super::parse::tcp_header_len(data, h.l4_off, data.len()).unwrap();
-        return (h.l4_off, hl, 16);
+    let h = crate::datapath::meta::FrameMeta::parse(data);
+    if h.proto() == PROTO_HOMA {
+        let t = crate::wire::tcp::Packet::new_checked(&data[h.l4_off()..]).unwrap();
+        return (h.l4_off(), t.header_len(), 16);
     }
     l4_layout(data)
 }

@@ -3,10 +3,11 @@
 //! actually found, before anything acts on it.
 
 use super::checksum::check_partial_bounds;
-use super::parse::{self, Headers, IpVersion, ParseError, PROTO_HOMA};
 use super::{GsoKind, GsoType, OffloadError, TxCaps, MAX_IP_LEN, MAX_SEGMENTS};
 use crate::datapath::frame::Frame;
+use crate::datapath::meta::{FrameMeta, L3};
 use crate::datapath::net_header::{F_DATA_VALID, F_NEEDS_CSUM};
+use crate::wire::{ip, tcp, udp, IpVersion};
 
 /// Checks a frame's header (as the guest sent it) against the frame and what was negotiated.
 ///
@@ -60,7 +61,9 @@ pub fn validate_tx(frame: &Frame, caps: TxCaps) -> Result<(), OffloadError> {
 /// Everything segmentation needs, found once.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GsoPlan {
-    pub hdrs: Headers,
+    /// The frame's headers (what segments carry too: they have the same headers).
+    pub meta: FrameMeta,
+    pub ip: IpVersion,
     pub kind: GsoKind,
     /// TCP header with options, or 8 for UDP.
     pub l4_hdr_len: usize,
@@ -92,40 +95,44 @@ pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadEr
     if needs_csum {
         check_partial_bounds(len, h.csum_start, h.csum_offset)?;
     }
-    let hdrs = parse::parse(data).map_err(|e| match e {
-        ParseError::NotIp => OffloadError::GsoTypeMismatch,
-        ParseError::Malformed => OffloadError::Unparseable,
-    })?;
-    if gso.ip.is_some_and(|ip| ip != hdrs.ip) {
+    let meta = frame.parsed_meta();
+    let version = match meta.l3() {
+        L3::Ipv4 => IpVersion::V4,
+        L3::Ipv6 => IpVersion::V6,
+        L3::Malformed => return Err(OffloadError::Unparseable),
+        L3::NotIp | L3::Unparsed => return Err(OffloadError::GsoTypeMismatch),
+    };
+    if gso.ip.is_some_and(|ip| ip != version) {
         return Err(OffloadError::GsoTypeMismatch);
     }
     // Homa claims TCP GSO; its header is checked like TCP's, then refused at the end.
-    let homa = gso.kind == GsoKind::Tcp && hdrs.proto == PROTO_HOMA;
-    if hdrs.proto != gso.kind.protocol() && !homa {
+    let homa = gso.kind == GsoKind::Tcp && meta.proto() == ip::HOMA;
+    if meta.proto() != gso.kind.protocol() && !homa {
         return Err(OffloadError::GsoTypeMismatch);
     }
-    if hdrs.fragmented || hdrs.has_frag_header {
+    if meta.has_frag_header() {
         return Err(OffloadError::GsoFragment);
     }
-    if hdrs.has_auth || hdrs.pseudo_addresses(data).is_none() {
+    if meta.has_auth() || meta.pseudo_addresses(data).is_none() {
         return Err(OffloadError::UnsupportedHeaders);
     }
+    let l4 = data.get(meta.l4_off()..).ok_or(OffloadError::Unparseable)?;
     let l4_hdr_len = match gso.kind {
-        GsoKind::Tcp => parse::tcp_header_len(data, hdrs.l4_off, len),
-        GsoKind::Udp => (hdrs.l4_off + 8 <= len).then_some(8),
+        GsoKind::Tcp => tcp::Packet::new_checked(l4).map(|t| t.header_len()),
+        GsoKind::Udp => udp::Packet::new_checked(l4).map(|_| udp::HEADER_LEN),
     }
-    .ok_or(OffloadError::Unparseable)?;
+    .map_err(|_| OffloadError::Unparseable)?;
     if needs_csum
-        && (h.csum_start as usize != hdrs.l4_off || h.csum_offset != gso.kind.csum_offset())
+        && (h.csum_start as usize != meta.l4_off() || h.csum_offset != gso.kind.csum_offset())
     {
         return Err(OffloadError::GsoCsumMismatch);
     }
-    if len - hdrs.l3_off > MAX_IP_LEN {
+    if len - meta.l3_off() > MAX_IP_LEN {
         return Err(OffloadError::GsoTooLong);
     }
-    let hdr_len = hdrs.l4_off + l4_hdr_len;
+    let hdr_len = meta.l4_off() + l4_hdr_len;
     let mss = h.gso_size as usize;
-    if mss + (hdr_len - hdrs.l3_off) > MAX_IP_LEN {
+    if mss + (hdr_len - meta.l3_off()) > MAX_IP_LEN {
         return Err(OffloadError::GsoSizeTooLarge);
     }
     let payload_len = len - hdr_len;
@@ -137,7 +144,8 @@ pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadEr
         return Err(OffloadError::HomaGso);
     }
     Ok(GsoPlan {
-        hdrs,
+        meta,
+        ip: version,
         kind: gso.kind,
         l4_hdr_len,
         hdr_len,
@@ -385,11 +393,7 @@ mod tests {
                 num_buffers: 0,
             };
             let len = (next() as usize) % (data.len() + 1);
-            let f = Frame {
-                data: data[..len].to_vec(),
-                header,
-                flow_hash: 0,
-            };
+            let f = Frame::with_data(data[..len].to_vec(), header);
             let _ = validate_tx(&f, TxCaps::ALL);
         }
     }
