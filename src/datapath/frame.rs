@@ -83,11 +83,23 @@ impl Frame {
     }
 }
 
+/// Small frames a datapath thread keeps for itself in front of the shared pool.
+const LOCAL_FRAMES: usize = 128;
+
+thread_local! {
+    /// This thread's frame cache: `None` until the thread asks for one
+    /// ([`FramePool::use_local_cache`]); datapath threads do, others (tests) see the shared pool
+    /// alone.
+    static LOCAL: std::cell::RefCell<Option<Vec<Frame>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// A lock-free pool of frame buffers shared by every worker thread.
 ///
 /// Buffers keep their capacity when they return, so after warm-up no frame allocates. When the
 /// pool is empty a new buffer is allocated; when it is full a returned buffer is freed, which
-/// bounds the memory parked in the pool.
+/// bounds the memory parked in the pool. A datapath thread keeps up to [`LOCAL_FRAMES`] small
+/// buffers of its own in front of it (no atomic operation per frame while it has them); its
+/// cache is freed when the thread ends.
 pub struct FramePool {
     free: ArrayQueue<Frame>,
     /// Large buffers among the parked ones.
@@ -102,9 +114,22 @@ impl FramePool {
         }
     }
 
+    /// Gives the calling thread its own frame cache in front of the shared pool.
+    pub fn use_local_cache() {
+        LOCAL.with_borrow_mut(|l| {
+            l.get_or_insert_with(|| Vec::with_capacity(LOCAL_FRAMES));
+        });
+    }
+
     /// An empty frame.
     #[inline]
     pub fn get(&self) -> Frame {
+        if let Some(mut f) = LOCAL.with_borrow_mut(|l| l.as_mut().and_then(Vec::pop)) {
+            f.data.clear();
+            f.header = NetHeader::default();
+            f.meta = FrameMeta::default();
+            return f;
+        }
         match self.free.pop() {
             Some(mut f) => {
                 if f.data.capacity() > LARGE {
@@ -131,6 +156,19 @@ impl FramePool {
     #[inline]
     pub fn put(&self, mut frame: Frame) {
         let large = frame.data.capacity() > LARGE;
+        if !large {
+            let kept = LOCAL.with_borrow_mut(|l| match l {
+                Some(l) if l.len() < LOCAL_FRAMES => {
+                    l.push(frame);
+                    None
+                }
+                _ => Some(frame),
+            });
+            match kept {
+                None => return,
+                Some(f) => frame = f,
+            }
+        }
         if large && self.parked_large.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED_LARGE {
             self.parked_large.fetch_sub(1, Ordering::Relaxed);
             frame.data = Vec::with_capacity(INITIAL_CAPACITY);

@@ -7,7 +7,9 @@
 
 use super::net_header::HEADER_LEN;
 use crate::stats::DropReason;
-use crate::virtq::{copy_from_guest, copy_to_guest, Access, PoppedChain, Segment, SplitRing};
+use crate::virtq::{
+    append_from_guest, copy_from_guest, copy_to_guest, Access, PoppedChain, Segment, SplitRing,
+};
 
 /// Smallest frame accepted from a guest: an Ethernet header.
 pub const MIN_FRAME: usize = 14;
@@ -32,11 +34,9 @@ pub fn read_tx_chain(
         return Err(DropReason::TxOversize);
     }
     copy_from_guest(segs, 0, &mut hdr[..hdr_len]);
-    data.resize(len, 0);
-    let got = copy_from_guest(segs, hdr_len, data);
+    let got = append_from_guest(segs, hdr_len, len, data);
     // The segments hold exactly `bytes`: anything else is a bug here, not the guest's doing.
     debug_assert_eq!(got, len);
-    data.truncate(got);
     Ok(())
 }
 

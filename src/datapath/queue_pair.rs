@@ -141,6 +141,7 @@ impl QueuePair {
         negotiated: impl FnOnce(u64) -> Negotiated,
     ) {
         if self.mem.is_none() || self.mem_gen != mem_gen {
+            FramePool::use_local_cache();
             self.mem = Some(mem.memory().into_inner());
             self.mem_gen = mem_gen;
         }

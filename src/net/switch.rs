@@ -124,9 +124,14 @@ impl Switch {
         let now = self.now();
         let table = self.table.load();
 
+        // Bursts are mostly one flow: the previous frame's source and destination decisions
+        // are kept, so such a burst costs one lookup of each, not one per frame.
+        let mut last_src: Option<Mac> = None;
+        let mut last_dst: Option<(Mac, Option<&Arc<Station>>)> = None;
         for frame in batch.drain(..) {
             let src_mac = frame.src_mac();
-            if !is_multicast(&src_mac) {
+            if last_src != Some(src_mac) && !is_multicast(&src_mac) {
+                last_src = Some(src_mac);
                 match table.stations.get(&src_mac) {
                     Some(st) if st.port == src.id => {
                         if st.last_seen.load(Ordering::Relaxed) != now {
@@ -142,12 +147,20 @@ impl Switch {
             }
 
             let dst_mac = frame.dst_mac();
-            let known = if is_multicast(&dst_mac) {
-                None
-            } else {
-                table.stations.get(&dst_mac).filter(|st| {
-                    now.wrapping_sub(st.last_seen.load(Ordering::Relaxed)) <= self.aging_secs
-                })
+            let known = match last_dst {
+                Some((mac, known)) if mac == dst_mac => known,
+                _ => {
+                    let known = if is_multicast(&dst_mac) {
+                        None
+                    } else {
+                        table.stations.get(&dst_mac).filter(|st| {
+                            now.wrapping_sub(st.last_seen.load(Ordering::Relaxed))
+                                <= self.aging_secs
+                        })
+                    };
+                    last_dst = Some((dst_mac, known));
+                    known
+                }
             };
             match known {
                 Some(st) if st.port == src.id => {

@@ -131,7 +131,34 @@ impl GuestRegions {
 /// same bytes meanwhile; what we copy is then whatever the guest left, which is its problem,
 /// never ours: nothing read here is used as an address or length without a later check.
 #[inline]
-pub fn copy_from_guest(segs: &[Segment], mut skip: usize, dst: &mut [u8]) -> usize {
+pub fn copy_from_guest(segs: &[Segment], skip: usize, dst: &mut [u8]) -> usize {
+    // SAFETY: `dst` is valid for `dst.len()` bytes of writes.
+    unsafe { copy_from_guest_raw(segs, skip, dst.as_mut_ptr(), dst.len()) }
+}
+
+/// Appends guest bytes from `segs` (after the first `skip`) to `data`, up to `len` of them,
+/// without zeroing the room first. Returns the bytes appended.
+#[inline]
+pub fn append_from_guest(segs: &[Segment], skip: usize, len: usize, data: &mut Vec<u8>) -> usize {
+    data.reserve(len);
+    let start = data.len();
+    // SAFETY: `reserve` made room for `len` bytes after `start`; exactly the bytes written
+    // (`n <= len`) become part of the vector.
+    unsafe {
+        let n = copy_from_guest_raw(segs, skip, data.as_mut_ptr().add(start), len);
+        data.set_len(start + n);
+        n
+    }
+}
+
+/// SAFETY: `dst` must be valid for `cap` bytes of writes.
+#[inline]
+unsafe fn copy_from_guest_raw(
+    segs: &[Segment],
+    mut skip: usize,
+    dst: *mut u8,
+    cap: usize,
+) -> usize {
     let mut done = 0;
     for s in segs {
         let len = s.len as usize;
@@ -139,15 +166,13 @@ pub fn copy_from_guest(segs: &[Segment], mut skip: usize, dst: &mut [u8]) -> usi
             skip -= len;
             continue;
         }
-        let n = (len - skip).min(dst.len() - done);
+        let n = (len - skip).min(cap - done);
         // SAFETY: `s` lies inside a live mapping (see `GuestRegions`) and `skip + n <= len`;
-        // `dst[done..done + n]` is in bounds; guest memory never overlaps our heap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(s.host.add(skip), dst.as_mut_ptr().add(done), n);
-        }
+        // `dst + done .. + n` is within `cap`; guest memory never overlaps our heap.
+        unsafe { std::ptr::copy_nonoverlapping(s.host.add(skip), dst.add(done), n) };
         done += n;
         skip = 0;
-        if done == dst.len() {
+        if done == cap {
             break;
         }
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 
-pub use memory::{copy_from_guest, copy_to_guest, GuestRegions, Segment};
+pub use memory::{append_from_guest, copy_from_guest, copy_to_guest, GuestRegions, Segment};
 pub use split::{RingConfig, SplitRing};
 
 use crate::datapath::GuestMem;
