@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use common::{measure, seconds_per_case, start_vnic};
 use vnic::device::features::{offered, ALL_OFFLOADS};
-use vnic::testdriver::features::*;
-use vnic::testdriver::frames::{tcp4, tso_job};
-use vnic::testdriver::{GuestOptions, TestGuest, DRIVER_FEATURES};
+use vnic_testdriver::features::*;
+use vnic_testdriver::frames::{tcp4, tso_job};
+use vnic_testdriver::{GuestOptions, TestGuest, DRIVER_FEATURES};
 
 const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const B: [u8; 6] = [2, 0, 0, 0, 0, 2];

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use vnic::testdriver::{GuestOptions, TestGuest};
+use vnic_testdriver::{GuestOptions, TestGuest};
 
 mod common;
 use common::{measure, seconds_per_case, start_vnic, Daemon};

@@ -11,7 +11,6 @@
 //! - [`capture`]: `pcap=PATH`, a pcap file of what crosses a port.
 //! - [`stats`], [`control`]: counters and the control socket `vnic stats` reads them through.
 //! - [`wire`]: typed zero-copy views of Ethernet, IPv4, IPv6, TCP, UDP and virtio-net headers.
-//! - [`testdriver`]: a vhost-user frontend plus guest driver used by tests and benchmarks.
 
 pub mod capture;
 pub mod cli;
@@ -24,6 +23,5 @@ pub mod offload;
 pub mod port;
 pub mod ratelimit;
 pub mod stats;
-pub mod testdriver;
 pub mod virtq;
 pub mod wire;

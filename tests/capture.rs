@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use pcap_file::pcap::PcapReader;
 use pcap_file::DataLink;
-use vnic::testdriver::GuestOptions;
+use vnic_testdriver::GuestOptions;
 
 #[test]
 fn pcap_records_both_directions_of_a_port() {

@@ -10,7 +10,7 @@ use vnic::device::features::{offered, ALL_OFFLOADS};
 
 /// What a port with default options offers.
 const OFFERED_DEFAULT: fn() -> u64 = || offered(ALL_OFFLOADS);
-use vnic::testdriver::{GuestOptions, TestGuest, DRIVER_FEATURES};
+use vnic_testdriver::{GuestOptions, TestGuest, DRIVER_FEATURES};
 
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;

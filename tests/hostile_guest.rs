@@ -7,9 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vnic::testdriver::{
-    Descriptor, GuestOptions, TestGuest, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
+use vnic_testdriver::{Descriptor, GuestOptions, TestGuest, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 const TXQ: u16 = 1;
 const RXQ: u16 = 0;

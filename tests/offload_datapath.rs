@@ -6,9 +6,9 @@ mod common;
 use common::*;
 use etherparse::{SlicedPacket, TransportSlice};
 use vnic::device::features::{offered, ALL_OFFLOADS};
-use vnic::testdriver::features::*;
-use vnic::testdriver::frames::{self, F_DATA_VALID, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
-use vnic::testdriver::{GuestOptions, RxFrame, TestGuest, DRIVER_FEATURES};
+use vnic_testdriver::features::*;
+use vnic_testdriver::frames::{self, F_DATA_VALID, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
+use vnic_testdriver::{GuestOptions, RxFrame, TestGuest, DRIVER_FEATURES};
 
 const MSS: usize = 1448;
 

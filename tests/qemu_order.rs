@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use common::*;
-use vnic::testdriver::GuestOptions;
+use vnic_testdriver::GuestOptions;
 
 const GET_FEATURES: u32 = 1;
 const SET_OWNER: u32 = 3;

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vnic::testdriver::frames::{tcp4, tso_job};
-use vnic::testdriver::GuestOptions;
+use vnic_testdriver::frames::{tcp4, tso_job};
+use vnic_testdriver::GuestOptions;
 
 fn require_root() {
     // SAFETY: geteuid cannot fail.
@@ -204,14 +204,14 @@ fn existing_tap_without_multiqueue_is_a_clear_error() {
 /// A guest's TCP segmentation job reaches the host through the tap: as one large frame when the
 /// tap's offloads are on, cut into MTU-sized segments by vnic when they are off.
 fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
-    use vnic::testdriver::features::*;
+    use vnic_testdriver::features::*;
     require_root();
     let tap = tap_name(if tap_offloads { "on" } else { "off" });
     let onoff = if tap_offloads { "on" } else { "off" };
     let net = start(&[&format!("attach=tap:{tap},tap_offloads={onoff}")]);
     let host = HostSide::bind(&tap);
     let plain = vnic::device::features::offered(vnic::device::features::ALL_OFFLOADS)
-        & vnic::testdriver::DRIVER_FEATURES;
+        & vnic_testdriver::DRIVER_FEATURES;
     let mut g = net.connect(
         0,
         GuestOptions {

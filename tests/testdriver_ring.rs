@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vnic::testdriver::{
+use vnic_testdriver::{
     features::*, Descriptor, DriverQueue, GuestOptions, GuestRam, RxQueue, TestGuest, TxLayout,
     TxQueue, DRIVER_FEATURES, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
 };

@@ -9,7 +9,7 @@ use etherparse::PacketBuilder;
 use vnic::cli::{PortConfig, ServeArgs};
 use vnic::daemon::{self, Running};
 use vnic::stats::{PortSnapshot, StatsSnapshot};
-use vnic::testdriver::{GuestOptions, TestGuest};
+use vnic_testdriver::{GuestOptions, TestGuest};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 pub const BCAST: [u8; 6] = [0xff; 6];
