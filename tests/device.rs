@@ -157,6 +157,40 @@ fn learned_unicast_reaches_only_its_station() {
 }
 
 #[test]
+fn loopback_port_returns_every_frame_to_its_own_rx_queues() {
+    let net = start(&["queues=2,attach=loopback", ""]);
+    let mut a = net.connect(0, GuestOptions::with_pairs(2));
+    let mut b = net.connect(1, GuestOptions::default());
+    // Any destination, even one learned on another port: a loopback plug has no switch.
+    let frames: Vec<Vec<u8>> = (0..64)
+        .map(|i| udp_frame(mac(2), mac(1), 2000 + i, 100))
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+    assert_eq!(a.send(0, &refs[..32]).unwrap(), 32);
+    assert_eq!(a.send(1, &refs[32..]).unwrap(), 32);
+    let got = recv_all_pairs(&mut a, 2, 64);
+    assert_eq!(got.len(), 64, "every frame comes back");
+    let mut back: Vec<Vec<u8>> = got.iter().map(|(_, d)| d.clone()).collect();
+    let mut sent = frames.clone();
+    back.sort();
+    sent.sort();
+    assert_eq!(back, sent, "intact");
+    let queues: HashSet<u16> = got.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        queues.len(),
+        2,
+        "steered over both RX queues like any arriving flow"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(b.recv(0).is_empty(), "nothing reaches the switch");
+    let s = net.port_stats(0);
+    let total = |f: fn(&vnic::stats::PairSnapshot) -> u64| s.queues.iter().map(f).sum::<u64>();
+    assert_eq!(total(|q| q.tx.packets), 64);
+    assert_eq!(total(|q| q.rx.packets), 64);
+    assert_eq!(s.attach, "loopback");
+}
+
+#[test]
 fn many_flows_spread_over_every_enabled_rx_queue() {
     let net = start(&["queues=4", "queues=4"]);
     let mut a = net.connect(0, GuestOptions::with_pairs(4));

@@ -117,6 +117,8 @@ add_port() {
 }
 CONTROL=$GT_WORK/control.sock
 VNIC_STARTS=0
+# More `vnic serve` options for start_vnic (e.g. VNIC_OPTS=(--poll-cpus 0)).
+VNIC_OPTS=()
 
 # start_vnic: start `vnic serve` with every declared port, wait until it answers `vnic stats`.
 start_vnic() {
@@ -125,9 +127,9 @@ start_vnic() {
         args+=(--port "socket=${P_SOCK[$id]},queues=${P_Q[$id]},mac=${P_MAC[$id]},mtu=${P_MTU[$id]},attach=${P_ATTACH[$id]}${P_KEYS[$id]:+,${P_KEYS[$id]}}")
     done
     VNIC_STARTS=$((VNIC_STARTS + 1))
-    printf '=== vnic start #%d: %s serve %s --control %s\n' "$VNIC_STARTS" "$VNIC_BIN" "${args[*]}" "$CONTROL" >>"$GT_LOGS/vnic.log"
-    log "starting vnic (#$VNIC_STARTS): ${args[*]}"
-    "$VNIC_BIN" serve "${args[@]}" --control "$CONTROL" >>"$GT_LOGS/vnic.log" 2>&1 </dev/null &
+    printf '=== vnic start #%d: %s serve %s %s --control %s\n' "$VNIC_STARTS" "$VNIC_BIN" "${args[*]}" "${VNIC_OPTS[*]}" "$CONTROL" >>"$GT_LOGS/vnic.log"
+    log "starting vnic (#$VNIC_STARTS): ${args[*]} ${VNIC_OPTS[*]}"
+    "$VNIC_BIN" serve "${args[@]}" "${VNIC_OPTS[@]}" --control "$CONTROL" >>"$GT_LOGS/vnic.log" 2>&1 </dev/null &
     VNIC_PID=$!
     for i in $(seq 1 100); do
         kill -0 "$VNIC_PID" 2>/dev/null || fail "vnic exited at start-up: $(tail -n 1 "$GT_LOGS/vnic.log")"

@@ -216,9 +216,15 @@ impl QueuePair {
 
     /// Moves waiting frames into the guest's RX buffers until either runs out.
     pub fn process_rx(&mut self, vring: &Vring, tap_watch: &dyn TapWatch) {
-        if self.polling && self.rx_stage.is_empty() && self.port.egress[self.index].is_empty() {
+        let steered_here = self.port.rx_enabled_mask() & (1 << self.index) != 0;
+        if self.polling
+            && steered_here
+            && self.rx_stage.is_empty()
+            && self.port.egress[self.index].is_empty()
+        {
             // Nothing to deliver: a poller skips the ring, but looks at it now and then to
-            // keep the port's view of it (enabled or not) up to date.
+            // keep the port's view of it (enabled or not) up to date. (Until frames are steered
+            // here it looks every time, so the first ones are not lost as `port_down`.)
             self.idle_polls = self.idle_polls.wrapping_add(1);
             if self.port.tap.is_none() && !self.idle_polls.is_multiple_of(IDLE_POLLS_PER_LOOK) {
                 return;
@@ -231,7 +237,7 @@ impl QueuePair {
             return;
         }
         // A load, not a read-modify-write, on every pass: the bit is rarely wrong.
-        if self.port.rx_enabled_mask() & (1 << self.index) == 0 {
+        if !steered_here {
             self.port.set_rx_enabled(self.index, true);
         }
         if self.port.tap.is_some() && !self.tap_watched {
