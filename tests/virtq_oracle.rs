@@ -1730,10 +1730,9 @@ fn ring_part_across_adjacent_regions_is_refused() {
 /// BATCH`, so the event worker looks again at once, for as long as the guest leaves its index
 /// bad: one core spins and `tx_bad_descriptor` counts about two million drops a second.
 #[test]
-#[ignore = "bug: after an avail.idx jump the TX worker spins and counts a drop per pop"]
 fn avail_index_jump_does_not_spin_the_tx_worker() {
     use common::*;
-    use vnic::testdriver::GuestOptions;
+    use vnic_testdriver::GuestOptions;
     const TXQ: u16 = 1;
     let net = start(&["", ""]);
     let mut a = net.connect(0, GuestOptions::default());

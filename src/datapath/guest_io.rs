@@ -8,7 +8,8 @@
 use super::net_header::HEADER_LEN;
 use crate::stats::DropReason;
 use crate::virtq::{
-    append_from_guest, copy_from_guest, copy_to_guest, Access, PoppedChain, Segment, SplitRing,
+    append_from_guest, copy_from_guest, copy_to_guest, Access, BadChain, ChainError, PoppedChain,
+    Segment, SplitRing,
 };
 
 /// Smallest frame accepted from a guest: an Ethernet header.
@@ -61,6 +62,8 @@ pub enum RxOutcome {
     Delivered,
     /// Not enough buffers posted now; nothing was consumed. Try again after a kick.
     NoBuffers,
+    /// The driver's ring is not followed (its avail index jumped); nothing was consumed.
+    RingBroken(ChainError),
     /// The frame cannot be delivered; it should be dropped and counted.
     Dropped(DropReason),
 }
@@ -86,6 +89,13 @@ pub fn deliver_frame(
             Some(Ok(PoppedChain { head, segs, bytes })) => {
                 capacity += bytes as usize;
                 scratch.chains.push(RxChain { head, segs });
+            }
+            Some(Err(BadChain {
+                error: error @ ChainError::AvailIndexJump(_),
+                ..
+            })) => {
+                ring.unpop(scratch.chains.len() as u16);
+                return RxOutcome::RingBroken(error);
             }
             Some(Err(bad)) => {
                 // A chain we cannot write to goes back empty; what we already hold cannot be

@@ -22,7 +22,7 @@ use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
 use crate::port::{EgressQueue, Port};
 use crate::stats::{add, DropReason, PairCounters};
-use crate::virtq::{Access, RingCache, Segment, SplitRing};
+use crate::virtq::{Access, BadChain, ChainError, RingCache, Segment, SplitRing};
 use crate::warn_ratelimited;
 
 /// Every frame waiting for an RX queue: those already staged, then its egress queue.
@@ -300,6 +300,16 @@ impl QueuePair {
                     frame.data.clear();
                     self.pool.put(frame);
                 }
+                RxOutcome::RingBroken(error) => {
+                    // Not followed: the frame waits until the driver repairs its ring.
+                    warn_ratelimited!(
+                        "port {} queue {}: RX ring: {error:?}, not followed",
+                        self.port.name,
+                        self.index
+                    );
+                    self.rx_stage.put_back(frame);
+                    break;
+                }
                 RxOutcome::NoBuffers => {
                     self.rx_stage.put_back(frame);
                     // Ask for a kick when buffers come; if some came meanwhile, go on.
@@ -395,8 +405,22 @@ fn tx_burst(
     let mut taken = 0;
     while taken < BATCH {
         segs.clear();
-        let Some(popped) = ring.pop(Access::Read, segs) else {
-            break;
+        let popped = match ring.pop(Access::Read, segs) {
+            None => break,
+            Some(Err(BadChain {
+                error: error @ ChainError::AvailIndexJump(_),
+                ..
+            })) => {
+                // Nothing on this ring can be trusted until the driver repairs its index: count
+                // it once per pass and stop (the next kick or poll looks again).
+                counters.drop(DropReason::TxBadDescriptor);
+                warn_ratelimited!(
+                    "port {} queue {pair}: TX ring: {error:?}, not followed",
+                    port.name
+                );
+                break;
+            }
+            Some(popped) => popped,
         };
         taken += 1;
         let (head, result) = match popped {

@@ -211,7 +211,8 @@ impl SplitRing {
     /// Pops the next available chain, appending its buffers to `segs`. Every buffer must be
     /// of kind `access` (device-readable for TX, device-writable for RX). `None`: nothing
     /// available. `Some(Err)`: the chain is unusable; the caller completes its head, if it has
-    /// one, with length 0 ([`SplitRing::push_used`]).
+    /// one, with length 0 ([`SplitRing::push_used`]). An `AvailIndexJump` comes back on every
+    /// call until the driver repairs its index: the caller stops popping for this pass.
     pub fn pop(
         &mut self,
         access: Access,
