@@ -320,7 +320,7 @@ fn cut(f: Frame, partial_csum: bool, pool: &FramePool) -> Vec<Frame> {
 fn completed(f: &Frame) -> Vec<u8> {
     let mut c = Frame::with_data(f.data.clone(), f.header);
     complete(&mut c);
-    c.data
+    c.into_data()
 }
 
 proptest! {

@@ -16,8 +16,16 @@ const LARGE: usize = 4096;
 pub const MAX_PARKED_LARGE: usize = 512;
 
 /// One Ethernet frame inside vnic, without its virtio-net header.
+///
+/// Boxed: a frame changes hands many times per trip (ring to batch, switch, egress queue, RX
+/// stage, pool) and each hand-over moves one pointer, not the buffer's bookkeeping and
+/// metadata (moving those cost more than parsing the frame did).
 #[derive(Debug)]
-pub struct Frame {
+pub struct Frame(Box<FrameBuf>);
+
+/// What a [`Frame`] holds.
+#[derive(Debug)]
+pub struct FrameBuf {
     /// The Ethernet frame, from the destination MAC on.
     pub data: Vec<u8>,
     /// Offload state carried with the frame from its source (all zero: none).
@@ -27,22 +35,38 @@ pub struct Frame {
     pub meta: FrameMeta,
 }
 
+impl std::ops::Deref for Frame {
+    type Target = FrameBuf;
+    #[inline]
+    fn deref(&self) -> &FrameBuf {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Frame {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut FrameBuf {
+        &mut self.0
+    }
+}
+
 impl Frame {
     fn new() -> Self {
-        Frame {
-            data: Vec::with_capacity(INITIAL_CAPACITY),
-            header: NetHeader::default(),
-            meta: FrameMeta::default(),
-        }
+        Frame::with_data(Vec::with_capacity(INITIAL_CAPACITY), NetHeader::default())
     }
 
     /// A frame of `data` with `header`, not parsed yet.
     pub fn with_data(data: Vec<u8>, header: NetHeader) -> Self {
-        Frame {
+        Frame(Box::new(FrameBuf {
             data,
             header,
             meta: FrameMeta::default(),
-        }
+        }))
+    }
+
+    /// The frame's bytes, the frame consumed.
+    pub fn into_data(self) -> Vec<u8> {
+        self.0.data
     }
 
     /// The flow hash computed at entry, used to pick an RX queue at each destination.

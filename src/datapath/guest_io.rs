@@ -100,11 +100,12 @@ pub fn deliver_frame(
             Some(Err(bad)) => {
                 // A chain we cannot write to goes back empty; what we already hold cannot be
                 // rewound past it, so the frame is given up and those go back empty too.
-                if let Some(head) = bad.head {
-                    ring.push_used(head, 0);
-                }
+                // In the order they were popped (IN_ORDER).
                 for c in &scratch.chains {
                     ring.push_used(c.head, 0);
+                }
+                if let Some(head) = bad.head {
+                    ring.push_used(head, 0);
                 }
                 return RxOutcome::Dropped(DropReason::RxBadDescriptor);
             }

@@ -34,7 +34,7 @@ mod validate;
 pub use coalesce::Coalescer;
 pub use validate::validate_tx;
 
-use crate::datapath::frame::{Frame, FramePool};
+use crate::datapath::frame::{Frame, FrameBuf, FramePool};
 use crate::datapath::net_header::{F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE};
 use crate::wire::{ip, tcp, udp, IpVersion};
 use virtio_bindings::virtio_net as vn;
@@ -371,16 +371,17 @@ pub fn adapt_for(
 /// A frame without GSO: complete its partial checksum if the destination cannot, and clear what
 /// the destination may not be told.
 fn prepare_plain(frame: &mut Frame, caps: RxCaps) -> Result<(), OffloadError> {
-    let h = &mut frame.header;
+    let FrameBuf { data, header, .. } = &mut **frame;
+    let h = header;
     if h.flags & F_NEEDS_CSUM != 0 {
-        checksum::check_partial_bounds(frame.data.len(), h.csum_start, h.csum_offset)?;
+        checksum::check_partial_bounds(data.len(), h.csum_start, h.csum_offset)?;
     }
     if caps.partial_csum {
         h.flags &= F_NEEDS_CSUM | F_DATA_VALID;
         return Ok(());
     }
     if h.flags & F_NEEDS_CSUM != 0 {
-        checksum::complete_partial(&mut frame.data, h.csum_start, h.csum_offset)?;
+        checksum::complete_partial(data, h.csum_start, h.csum_offset)?;
     }
     // Without GUEST_CSUM the device must leave flags zero (virtio 1.2 §5.1.6.4.1).
     h.flags = 0;

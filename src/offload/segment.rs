@@ -199,8 +199,8 @@ mod tests {
         if partial_csum {
             for s in &mut out {
                 assert_eq!(s.header.flags, F_NEEDS_CSUM);
-                checksum::complete_partial(&mut s.data, s.header.csum_start, s.header.csum_offset)
-                    .unwrap();
+                let (start, offset) = (s.header.csum_start, s.header.csum_offset);
+                checksum::complete_partial(&mut s.data, start, offset).unwrap();
             }
         } else {
             assert!(out.iter().all(|s| s.header == NetHeader::default()));
