@@ -10,9 +10,10 @@
 //! thread and both crawl.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
@@ -29,12 +30,29 @@ pub struct PollTarget(pub Arc<dyn Pollable>);
 pub struct PollSlot {
     pub pair: usize,
     target: ArcSwapOption<PollTarget>,
+    /// Rounds its poller has finished (see [`PollSlot::set`]).
+    rounds: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
 }
 
 impl PollSlot {
-    /// Starts (Some) or stops (None) serving a connection.
+    /// Starts (Some) or stops (None) serving a connection. Stopping returns once the poller
+    /// is no longer inside the old one: a pass that began before may still be running when the
+    /// slot is emptied, and what it does (steer frames to the ring, say) must be over before
+    /// the port is reset.
     pub fn set(&self, target: Option<Arc<dyn Pollable>>) {
+        let stopping = target.is_none();
         self.target.store(target.map(|t| Arc::new(PollTarget(t))));
+        if stopping {
+            let seen = self.rounds.load(Ordering::Acquire);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.rounds.load(Ordering::Acquire) == seen
+                && !self.stop.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
+                thread::yield_now();
+            }
+        }
     }
 }
 
@@ -42,6 +60,8 @@ impl PollSlot {
 pub struct Pollers {
     cpus: Vec<usize>,
     slots: Vec<Vec<Arc<PollSlot>>>,
+    /// Per poller: rounds finished.
+    rounds: Vec<Arc<AtomicU64>>,
     next: usize,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -51,6 +71,7 @@ impl Pollers {
     pub fn new(cpus: Vec<usize>) -> Self {
         Pollers {
             slots: vec![Vec::new(); cpus.len()],
+            rounds: cpus.iter().map(|_| Arc::new(AtomicU64::new(0))).collect(),
             cpus,
             next: 0,
             stop: Arc::new(AtomicBool::new(false)),
@@ -64,6 +85,8 @@ impl Pollers {
         let slot = Arc::new(PollSlot {
             pair,
             target: ArcSwapOption::empty(),
+            rounds: self.rounds[self.next].clone(),
+            stop: self.stop.clone(),
         });
         self.slots[self.next].push(slot.clone());
         self.next = (self.next + 1) % self.cpus.len();
@@ -72,16 +95,17 @@ impl Pollers {
 
     /// Starts one thread per CPU, pinned to it.
     pub fn start(&mut self) -> io::Result<()> {
-        for (&cpu, slots) in self.cpus.iter().zip(&self.slots) {
+        for ((&cpu, slots), rounds) in self.cpus.iter().zip(&self.slots).zip(&self.rounds) {
             let slots = slots.clone();
             let stop = self.stop.clone();
+            let rounds = rounds.clone();
             let handle = thread::Builder::new()
                 .name(format!("vnic-poll{cpu}"))
                 .spawn(move || {
                     if let Err(e) = pin_to(cpu) {
                         log::warn!("poller on CPU {cpu}: cannot pin: {e}");
                     }
-                    run(&slots, &stop);
+                    run(&slots, &stop, &rounds);
                 })?;
             self.threads.push(handle);
         }
@@ -98,15 +122,17 @@ impl Drop for Pollers {
     }
 }
 
-fn run(slots: &[Arc<PollSlot>], stop: &AtomicBool) {
+fn run(slots: &[Arc<PollSlot>], stop: &AtomicBool, rounds: &AtomicU64) {
     while !stop.load(Ordering::Relaxed) {
         for slot in slots {
             if let Some(target) = slot.target.load().as_ref() {
                 target.0.poll(slot.pair);
             }
         }
+        // This thread alone writes it: a plain store, no read-modify-write.
+        rounds.store(rounds.load(Ordering::Relaxed) + 1, Ordering::Release);
         if slots.is_empty() {
-            thread::sleep(std::time::Duration::from_millis(100));
+            thread::sleep(Duration::from_millis(100));
         }
     }
 }
