@@ -17,13 +17,13 @@ use signal_hook::iterator::Signals;
 use vhost::vhost_user::Listener;
 
 use crate::capture::Capture;
-use crate::cli::{format_mac, AttachSpec, ServeArgs};
+use crate::cli::ServeArgs;
+use crate::config::{format_mac, AttachSpec};
 use crate::control;
-use crate::datapath::frame::FramePool;
-use crate::datapath::poller::Pollers;
 use crate::device::server::serve_port;
-use crate::net::tap::Tap;
-use crate::net::{Attachment, Switch};
+use crate::frame::FramePool;
+use crate::net::{Attachment, Switch, Tap};
+use crate::poller::Pollers;
 use crate::port::Port;
 
 /// Frame buffers kept for reuse.
@@ -82,13 +82,16 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let switch = Arc::new(Switch::new(Duration::from_secs(args.mac_aging)));
     let mut pollers = args.poll_cpus.as_ref().map(|c| Pollers::new(c.0.clone()));
     let mut ports = Vec::new();
+    // Each port's attachment (a tap port's tap is opened here and owned by it).
+    let mut attachments = Vec::new();
     for (id, cfg) in args.ports.iter().enumerate() {
-        let tap = match &cfg.attach {
-            AttachSpec::Tap(name) => Some(
+        let attachment = match &cfg.attach {
+            AttachSpec::Tap(name) => Attachment::Tap(Arc::new(
                 Tap::open(name, cfg.queues, cfg.mtu, cfg.tap_offloads)
                     .with_context(|| format!("port {}", cfg.name()))?,
-            ),
-            AttachSpec::Switch | AttachSpec::Loopback => None,
+            )),
+            AttachSpec::Switch => Attachment::Switch(switch.clone()),
+            AttachSpec::Loopback => Attachment::Loopback,
         };
         let capture = match &cfg.pcap {
             Some(path) => Some(
@@ -101,9 +104,10 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             Some(p) => (0..cfg.queues as usize).map(|pair| p.slot(pair)).collect(),
             None => Vec::new(),
         };
-        let port = Port::new(id, cfg.clone(), tap, capture, poll_slots)
+        let port = Port::new(id, cfg.clone(), capture, poll_slots)
             .with_context(|| format!("port {}: cannot create eventfds", cfg.name()))?;
         ports.push(Arc::new(port));
+        attachments.push(attachment);
     }
 
     let mut sockets = CreatedSockets::default();
@@ -128,12 +132,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             .map(|p| (p.config.attach == AttachSpec::Switch).then(|| p.clone()))
             .collect(),
     );
-    for (port, listener) in ports.iter().zip(listeners) {
-        let attachment = match port.config.attach {
-            AttachSpec::Switch => Attachment::Switch(switch.clone()),
-            AttachSpec::Tap(_) => Attachment::Tap,
-            AttachSpec::Loopback => Attachment::Loopback,
-        };
+    for ((port, listener), attachment) in ports.iter().zip(listeners).zip(attachments) {
         let (port, pool) = (port.clone(), pool.clone());
         thread::Builder::new()
             .name(format!("vnic-{}", port.name))

@@ -18,8 +18,8 @@ use etherparse::{
     SlicedPacket, TcpHeader, TransportSlice, VlanId,
 };
 use proptest::prelude::*;
-use vnic::datapath::frame::{Frame, FramePool};
-use vnic::datapath::net_header::{NetHeader, F_NEEDS_CSUM};
+use vnic::frame::net_header::{NetHeader, F_NEEDS_CSUM};
+use vnic::frame::{Frame, FramePool};
 use vnic::offload::{
     adapt_for, checksums_valid, validate_tx, Coalescer, RxCaps, TxCaps, GSO_ECN, GSO_TCPV4,
     GSO_TCPV6, GSO_UDP_L4,

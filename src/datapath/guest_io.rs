@@ -5,7 +5,7 @@
 //! virtio-net part: the header in front of each frame, frame length limits, and spreading a
 //! frame over several RX chains with MRG_RXBUF.
 
-use super::net_header::HEADER_LEN;
+use crate::frame::net_header::HEADER_LEN;
 use crate::stats::DropReason;
 use crate::virtq::{
     append_from_guest, copy_from_guest, copy_to_guest, Access, BadChain, ChainError, PoppedChain,

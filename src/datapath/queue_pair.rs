@@ -12,12 +12,12 @@ use vhost_user_backend::{VringState, VringT};
 use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
-use super::frame::{Frame, FramePool};
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
-use super::meta::FrameMeta;
-use super::net_header::{NetHeader, HEADER_LEN};
 use super::rx_stage::RxStage;
 use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
+use crate::frame::meta::FrameMeta;
+use crate::frame::net_header::{NetHeader, HEADER_LEN};
+use crate::frame::{Frame, FramePool};
 use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
 use crate::port::{EgressQueue, Port};
@@ -229,7 +229,9 @@ impl QueuePair {
             // keep the port's view of it (enabled or not) up to date. (Until frames are steered
             // here it looks every time, so the first ones are not lost as `port_down`.)
             self.idle_polls = self.idle_polls.wrapping_add(1);
-            if self.port.tap.is_none() && !self.idle_polls.is_multiple_of(IDLE_POLLS_PER_LOOK) {
+            if self.attachment.tap().is_none()
+                && !self.idle_polls.is_multiple_of(IDLE_POLLS_PER_LOOK)
+            {
                 return;
             }
         }
@@ -243,7 +245,7 @@ impl QueuePair {
         if !steered_here {
             self.port.set_rx_enabled(self.index, true);
         }
-        if self.port.tap.is_some() && !self.tap_watched {
+        if self.attachment.tap().is_some() && !self.tap_watched {
             tap_watch.watch_tap(self.index, true);
             self.tap_watched = true;
         }
@@ -263,6 +265,7 @@ impl QueuePair {
         let mut unsignalled = 0;
         while let Some(mut frame) = self.rx_stage.next(
             &self.port,
+            self.attachment.tap(),
             self.index,
             &self.pool,
             neg.rx_caps,

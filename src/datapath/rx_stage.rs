@@ -1,20 +1,20 @@
 //! Frames on their way into one RX queue.
 //!
-//! Taken from the egress queue (or the port's tap queue), each frame is adapted to what this
+//! Taken from the egress queue (or the tap queue of a tap port's attachment), each frame is adapted to what this
 //! guest negotiated (`offload::adapt_for`: checksum completed, segmentation job passed or cut),
 //! merged with its flow's neighbours when the guest takes TSO (LRO), and then waits, in order,
 //! for guest buffers. Per batch: frames are pulled in batches and the coalescer is flushed at the
 //! end of each, so LRO never holds a frame past the batch it arrived in.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU64;
 
-use super::frame::{Frame, FramePool};
-use super::meta::FrameMeta;
 use super::BATCH;
-use crate::offload::{adapt_for, Coalescer, RxCaps};
+use crate::frame::meta::FrameMeta;
+use crate::frame::{Frame, FramePool};
+use crate::net::tap::Tap;
+use crate::offload::{Coalescer, RxCaps};
 use crate::port::Port;
-use crate::stats::{add, DropReason};
+use crate::stats::add;
 use crate::warn_ratelimited;
 use crate::wire::IpVersion;
 
@@ -43,17 +43,19 @@ impl Default for RxStage {
 
 impl RxStage {
     /// The next frame for the guest of `port`'s queue pair `pair`, pulling a new batch from the
-    /// port's sources when none is ready. `tap_max` bounds a frame read from the tap.
+    /// port's sources (its egress queue, then `tap`, the tap of its attachment if any) when none
+    /// is ready. `tap_max` bounds a frame read from the tap.
     pub fn next(
         &mut self,
         port: &Port,
+        tap: Option<&Tap>,
         pair: usize,
         pool: &FramePool,
         caps: RxCaps,
         tap_max: usize,
     ) -> Option<Frame> {
         if self.ready.is_empty() {
-            self.pull_batch(port, pair, pool, caps, tap_max);
+            self.pull_batch(port, tap, pair, pool, caps, tap_max);
         }
         self.ready.pop_front()
     }
@@ -78,6 +80,7 @@ impl RxStage {
     fn pull_batch(
         &mut self,
         port: &Port,
+        tap: Option<&Tap>,
         pair: usize,
         pool: &FramePool,
         caps: RxCaps,
@@ -87,16 +90,15 @@ impl RxStage {
         let lro = caps.takes_tso(IpVersion::V4) || caps.takes_tso(IpVersion::V6);
         let (mut pushed, mut emitted) = (0u64, 0u64);
         for _ in 0..BATCH {
-            let Some(frame) = next_source_frame(port, pair, pool, tap_max) else {
+            let Some(frame) = next_source_frame(port, tap, pair, pool, tap_max) else {
                 break;
             };
             self.adapted.clear();
-            adapt_counted(
+            port.adapt_counted(
                 frame,
                 caps,
                 pool,
                 &mut self.adapted,
-                port,
                 pair,
                 &counters.rx_segments,
             );
@@ -120,41 +122,18 @@ impl RxStage {
     }
 }
 
-/// Adapts `frame` for a destination of queue pair `pair` of `port` (its guest's RX queue or its
-/// tap) with `caps`, into `out`. Counts the segments vnic cut in `cut`; a frame that cannot be
-/// delivered is dropped, counted as `rx_bad_offload` with its cause, and logged (rate-limited).
-pub fn adapt_counted(
-    frame: Frame,
-    caps: RxCaps,
-    pool: &FramePool,
-    out: &mut Vec<Frame>,
-    port: &Port,
-    pair: usize,
-    cut: &AtomicU64,
-) {
-    let was_gso = frame.header.gso_type != 0;
-    match adapt_for(frame, caps, pool, out) {
-        Ok(n) if was_gso && n > 1 => add(cut, n as u64),
-        Ok(_) => {}
-        Err(e) => {
-            port.counters
-                .pair(pair)
-                .offload_drop(DropReason::RxBadOffload, e);
-            warn_ratelimited!(
-                "port {} queue {pair}: cannot deliver an offloaded frame: {}",
-                port.name,
-                e.name()
-            );
-        }
-    }
-}
-
 /// The next frame for queue pair `pair` of `port`: from its egress queue, else its tap queue.
-fn next_source_frame(port: &Port, pair: usize, pool: &FramePool, tap_max: usize) -> Option<Frame> {
+fn next_source_frame(
+    port: &Port,
+    tap: Option<&Tap>,
+    pair: usize,
+    pool: &FramePool,
+    tap_max: usize,
+) -> Option<Frame> {
     if let Some(f) = port.egress[pair].pop() {
         return Some(f);
     }
-    let tap = port.tap.as_ref()?;
+    let tap = tap?;
     let mut frame = pool.get();
     match tap.read_frame(pair, &mut frame, tap_max) {
         Ok(true) => {

@@ -21,13 +21,13 @@ use vmm_sys_util::event::{
 };
 
 use super::{config_space, features};
-use crate::datapath::frame::FramePool;
-use crate::datapath::net_header::{HEADER_LEN, LEGACY_HEADER_LEN};
-use crate::datapath::poller::Pollable;
 use crate::datapath::queue_pair::{Negotiated, QueuePair, TapWatch};
 use crate::datapath::{GuestMemAtomic, Vring};
-use crate::net::Attachment;
+use crate::frame::net_header::{HEADER_LEN, LEGACY_HEADER_LEN};
+use crate::frame::FramePool;
+use crate::net::{Attachment, Tap};
 use crate::offload::{RxCaps, TxCaps, MAX_IP_LEN};
+use crate::poller::Pollable;
 use crate::port::Port;
 use crate::stats::add;
 
@@ -47,6 +47,8 @@ pub struct PortBackend {
 
 struct Inner {
     port: Arc<Port>,
+    /// The tap of a tap port's attachment.
+    tap: Option<Arc<Tap>>,
     mem: GuestMemAtomic,
     /// Moves each time the frontend sends a new memory table (workers reload it then).
     mem_gen: AtomicU64,
@@ -65,6 +67,10 @@ impl PortBackend {
         pool: Arc<FramePool>,
         mem: GuestMemAtomic,
     ) -> Self {
+        let tap = match &attachment {
+            Attachment::Tap(tap) => Some(tap.clone()),
+            Attachment::Switch(_) | Attachment::Loopback => None,
+        };
         let pairs = (0..port.queue_pairs())
             .map(|i| {
                 Mutex::new(QueuePair::new(
@@ -72,7 +78,7 @@ impl PortBackend {
                     port.clone(),
                     attachment.clone(),
                     pool.clone(),
-                    negotiated(&port, 0),
+                    negotiated(&port, tap.as_deref(), 0),
                 ))
             })
             .collect();
@@ -80,6 +86,7 @@ impl PortBackend {
         PortBackend {
             inner: Arc::new(Inner {
                 port,
+                tap,
                 mem,
                 mem_gen: AtomicU64::new(1),
                 acked: AtomicU64::new(0),
@@ -124,18 +131,19 @@ impl PortBackend {
     /// Brings a pair's view of memory and features up to date before a pass.
     fn prepare(&self, pair: &mut QueuePair) {
         let acked = self.inner.acked.load(Ordering::Acquire);
-        let port = &self.inner.port;
+        let (port, tap) = (&self.inner.port, self.inner.tap.as_deref());
         pair.prepare(
             self.inner.mem_gen.load(Ordering::Acquire),
             &self.inner.mem,
             acked,
-            |acked| negotiated(port, acked),
+            |acked| negotiated(port, tap, acked),
         );
     }
 }
 
-/// What the datapath of `port` needs to know of feature bits `acked`.
-fn negotiated(port: &Port, acked: u64) -> Negotiated {
+/// What the datapath of `port` (with `tap`, its attachment's tap if any) needs to know of
+/// feature bits `acked`.
+fn negotiated(port: &Port, tap: Option<&Tap>, acked: u64) -> Negotiated {
     {
         let mrg_rxbuf = features::has(acked, VIRTIO_NET_F_MRG_RXBUF);
         let hdr_len = if mrg_rxbuf || features::has(acked, VIRTIO_F_VERSION_1) {
@@ -146,7 +154,7 @@ fn negotiated(port: &Port, acked: u64) -> Negotiated {
         let tx_caps = TxCaps::from_features(acked);
         let max_frame = port.config.mtu as usize + L2_OVERHEAD;
         let job_frame = MAX_IP_LEN + L2_OVERHEAD;
-        let tap_offloads = port.tap.as_ref().is_some_and(|t| t.offloads() != 0);
+        let tap_offloads = tap.is_some_and(|t| t.offloads() != 0);
         Negotiated {
             hdr_len,
             mrg_rxbuf,
@@ -181,13 +189,7 @@ impl Pollable for PortBackend {
 impl TapWatch for PortBackend {
     fn watch_tap(&self, pair: usize, on: bool) {
         // A poller reads the tap on every pass: no epoll (a readable tap would spin it).
-        let Some(tap) = self
-            .inner
-            .port
-            .tap
-            .as_ref()
-            .filter(|_| !self.inner.port.polled)
-        else {
+        let Some(tap) = self.inner.tap.as_ref().filter(|_| !self.inner.port.polled) else {
             return;
         };
         let worker = self

@@ -1,6 +1,6 @@
 //! The virtio-net device configuration space (virtio spec 5.1.4, `struct virtio_net_config`).
 
-use crate::cli::PortConfig;
+use crate::config::PortConfig;
 
 /// Bytes of config space vnic serves: up to and including `supported_hash_types`.
 pub const CONFIG_LEN: usize = 24;

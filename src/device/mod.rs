@@ -1,6 +1,7 @@
 //! The vhost-user side of a port.
 //!
-//! - [`features`]: the virtio feature bits vnic offers and their names.
+//! - [`features`]: the virtio feature bits vnic offers and their names (the leaf module
+//!   [`crate::features`], re-exported here).
 //! - [`config_space`]: the virtio-net configuration space (MAC, status, MTU, speed, ...).
 //! - [`backend`]: the `VhostUserBackend` of one connection: one worker thread per queue pair.
 //! - [`relay`]: passes a connection's messages to the library, fixing up QEMU's early
@@ -9,6 +10,6 @@
 
 pub mod backend;
 pub mod config_space;
-pub mod features;
+pub use crate::features;
 pub mod relay;
 pub mod server;

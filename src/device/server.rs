@@ -10,10 +10,10 @@ use vhost_user_backend::VhostUserDaemon;
 
 use super::backend::PortBackend;
 use super::relay::{self, Relay};
-use crate::datapath::frame::FramePool;
-use crate::datapath::{GuestMem, GuestMemAtomic};
+use crate::frame::FramePool;
 use crate::net::Attachment;
 use crate::port::Port;
+use crate::virtq::{GuestMem, GuestMemAtomic};
 
 /// Serves `port` on `listener` forever.
 pub fn serve_port(

@@ -8,25 +8,33 @@ pub mod tap;
 
 use std::sync::Arc;
 
-use crate::datapath::frame::{Frame, FramePool};
-use crate::datapath::rx_stage::adapt_counted;
+use crate::frame::{Frame, FramePool};
 use crate::port::Port;
 use crate::stats::DropReason;
 
 pub use switch::{ForwardScratch, Switch};
+pub use tap::Tap;
 
 /// Where a port's transmitted frames go.
 #[derive(Clone)]
 pub enum Attachment {
     Switch(Arc<Switch>),
-    /// The port's own tap (`Port::tap`); queue pair `i` writes to tap queue `i`.
-    Tap,
+    /// A host tap, the port's own: queue pair `i` writes to and reads from tap queue `i`.
+    Tap(Arc<Tap>),
     /// The port itself: what its guest sends comes back on its RX queues (steered as any
     /// arriving frame), a loopback plug for testing a driver's TX and RX paths alone.
     Loopback,
 }
 
 impl Attachment {
+    /// The tap of a tap port (where its RX queues also read from), else None.
+    pub fn tap(&self) -> Option<&Tap> {
+        match self {
+            Attachment::Tap(tap) => Some(tap),
+            Attachment::Switch(_) | Attachment::Loopback => None,
+        }
+    }
+
     /// Sends a batch the guest transmitted on queue pair `pair` of `port`. Empties `batch`;
     /// every frame ends up delivered, queued, or dropped and counted, and back in `pool`.
     pub fn transmit(
@@ -46,23 +54,17 @@ impl Attachment {
                 }
                 port.wake(wake);
             }
-            Attachment::Tap => {
+            Attachment::Tap(tap) => {
                 let counters = port.counters.pair(pair);
-                let Some(tap) = port.tap.as_ref() else {
-                    counters.drops_n(DropReason::TapError, batch.len() as u64);
-                    batch.drain(..).for_each(|f| pool.put(f));
-                    return;
-                };
                 let caps = tap.rx_caps();
                 for frame in batch.drain(..) {
                     // Finish what the tap cannot take (checksums, segmentation) first.
                     scratch.adapted.clear();
-                    adapt_counted(
+                    port.adapt_counted(
                         frame,
                         caps,
                         pool,
                         &mut scratch.adapted,
-                        port,
                         pair,
                         &counters.tap_segments,
                     );

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::datapath::frame::{Frame, FramePool};
+use crate::frame::{Frame, FramePool};
 use crate::port::Port;
 use crate::stats::DropReason;
 
@@ -245,7 +245,7 @@ impl Switch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::PortConfig;
+    use crate::config::PortConfig;
 
     const A: Mac = [2, 0, 0, 0, 0, 0xa];
     const B: Mac = [2, 0, 0, 0, 0, 0xb];
@@ -256,7 +256,7 @@ mod tests {
         let ports: Vec<Arc<Port>> = (0..n)
             .map(|i| {
                 let cfg: PortConfig = format!("socket=/tmp/sw{i}.sock").parse().unwrap();
-                let p = Arc::new(Port::new(i, cfg, None, None, Vec::new()).unwrap());
+                let p = Arc::new(Port::new(i, cfg, None, Vec::new()).unwrap());
                 p.set_rx_enabled(0, true);
                 p
             })

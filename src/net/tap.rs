@@ -14,8 +14,9 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::datapath::frame::Frame;
-use crate::datapath::net_header::{NetHeader, HEADER_LEN};
+use crate::config::validate_tap_name;
+use crate::frame::net_header::{NetHeader, HEADER_LEN};
+use crate::frame::Frame;
 use crate::offload::RxCaps;
 
 const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0;
@@ -54,23 +55,6 @@ fn ifname(name: &str) -> [u8; libc::IFNAMSIZ] {
     n
 }
 
-/// Checks a Linux interface name: 1 to 15 bytes, no '/', ':' or whitespace.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(format!(
-            "tap name '{name}' must be 1 to {} characters",
-            libc::IFNAMSIZ - 1
-        ));
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || !c.is_ascii())
-    {
-        return Err(format!("tap name '{name}' contains an invalid character"));
-    }
-    Ok(())
-}
-
 fn ioctl_err(what: &str, name: &str) -> io::Error {
     let e = io::Error::last_os_error();
     io::Error::new(e.kind(), format!("tap {name}: {what}: {e}"))
@@ -81,7 +65,7 @@ impl Tap {
     /// up. With `offloads`, enables checksum and segmentation offloads (UDP segmentation only
     /// where the kernel knows it).
     pub fn open(name: &str, queues: u16, mtu: u16, offloads: bool) -> io::Result<Tap> {
-        validate_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        validate_tap_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut files = Vec::with_capacity(queues as usize);
         for _ in 0..queues {
             let file = OpenOptions::new()

@@ -12,7 +12,7 @@
 //! offset from the start of the checksummed region (all pieces here do).
 
 use super::{CsumVerdict, OffloadError};
-use crate::datapath::meta::FrameMeta;
+use crate::frame::meta::FrameMeta;
 use crate::wire::{ip, tcp, udp, IpVersion};
 
 /// Adds `data` to the running sum `acc`.

@@ -37,9 +37,9 @@
 
 use super::checksum::{self, fold};
 use super::{CsumVerdict, GSO_TCPV4, GSO_TCPV6, MAX_IP_LEN, TCP_CSUM_OFFSET};
-use crate::datapath::frame::{Frame, FramePool};
-use crate::datapath::meta::FrameMeta;
-use crate::datapath::net_header::{NetHeader, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE};
+use crate::frame::meta::FrameMeta;
+use crate::frame::net_header::{NetHeader, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE};
+use crate::frame::{Frame, FramePool};
 use crate::wire::tcp::{self, CWR, FIN, PSH, RST, SYN, URG};
 use crate::wire::{ip, ipv4, ipv6, IpVersion};
 

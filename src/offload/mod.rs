@@ -18,7 +18,7 @@
 //!
 //! Files: [`checksum`] (ones'-complement arithmetic), `validate` (a header against its frame),
 //! `segment` (software TSO/USO), `coalesce` (LRO). Where a frame's headers are comes from its
-//! [`FrameMeta`](crate::datapath::meta::FrameMeta), parsed once where it entered vnic (or here,
+//! [`FrameMeta`](crate::frame::meta::FrameMeta), parsed once where it entered vnic (or here,
 //! for a frame nobody parsed); the headers are read and written through the
 //! [`wire`](crate::wire) views.
 //!
@@ -34,8 +34,8 @@ mod validate;
 pub use coalesce::Coalescer;
 pub use validate::validate_tx;
 
-use crate::datapath::frame::{Frame, FrameBuf, FramePool};
-use crate::datapath::net_header::{F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE};
+use crate::frame::net_header::{F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE};
+use crate::frame::{Frame, FrameBuf, FramePool};
 use crate::wire::{ip, tcp, udp, IpVersion};
 use virtio_bindings::virtio_net as vn;
 
@@ -470,7 +470,7 @@ pub(crate) mod testutil;
 mod tests {
     use super::testutil::*;
     use super::*;
-    use crate::datapath::net_header::NetHeader;
+    use crate::frame::net_header::NetHeader;
 
     #[test]
     fn caps_from_features() {

@@ -14,8 +14,8 @@
 use super::checksum::{self, add, finish, fold, pseudo_rest};
 use super::validate::GsoPlan;
 use super::GsoKind;
-use crate::datapath::frame::{Frame, FramePool};
-use crate::datapath::net_header::{NetHeader, F_NEEDS_CSUM};
+use crate::frame::net_header::{NetHeader, F_NEEDS_CSUM};
+use crate::frame::{Frame, FramePool};
 use crate::wire::{ipv4, ipv6, tcp, udp, IpVersion};
 
 /// Cuts `src` (checked by `plan_gso`) into `plan.segments` frames pushed to `out`; returns how
@@ -182,7 +182,7 @@ pub(crate) fn make_partial(frame: &mut Frame, plan: &GsoPlan) {
 mod tests {
     use super::super::testutil::*;
     use super::super::*;
-    use crate::datapath::net_header::NetHeader;
+    use crate::frame::net_header::NetHeader;
     use etherparse::{LaxSlicedPacket, NetSlice, SlicedPacket, TransportSlice};
 
     /// Cuts with `adapt_for` for a destination without any offload (complete checksums) or with

@@ -4,8 +4,8 @@
 use etherparse::checksum::Sum16BitWords;
 use etherparse::{LaxSlicedPacket, TransportSlice};
 
-use crate::datapath::frame::Frame;
-use crate::datapath::net_header::{NetHeader, F_NEEDS_CSUM};
+use crate::frame::net_header::{NetHeader, F_NEEDS_CSUM};
+use crate::frame::Frame;
 
 pub use crate::wire::ip::HOMA as PROTO_HOMA;
 pub use crate::wire::tcp::{
@@ -288,7 +288,7 @@ pub fn partial(mut f: Frame) -> Frame {
 
 /// Like [`l4_layout`], but also for protocol 146 (read as TCP).
 fn partial_layout(data: &[u8]) -> (usize, usize, usize) {
-    let h = crate::datapath::meta::FrameMeta::parse(data);
+    let h = crate::frame::meta::FrameMeta::parse(data);
     if h.proto() == PROTO_HOMA {
         let t = crate::wire::tcp::Packet::new_checked(&data[h.l4_off()..]).unwrap();
         return (h.l4_off(), t.header_len(), 16);

@@ -4,9 +4,9 @@
 
 use super::checksum::check_partial_bounds;
 use super::{GsoKind, GsoType, OffloadError, TxCaps, MAX_IP_LEN, MAX_SEGMENTS};
-use crate::datapath::frame::Frame;
-use crate::datapath::meta::{FrameMeta, L3};
-use crate::datapath::net_header::{F_DATA_VALID, F_NEEDS_CSUM};
+use crate::frame::meta::{FrameMeta, L3};
+use crate::frame::net_header::{F_DATA_VALID, F_NEEDS_CSUM};
+use crate::frame::Frame;
 use crate::wire::{ip, tcp, udp, IpVersion};
 
 /// Checks a frame's header (as the guest sent it) against the frame and what was negotiated.
@@ -160,7 +160,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::*;
     use super::*;
-    use crate::datapath::net_header::NetHeader;
+    use crate::frame::net_header::NetHeader;
 
     fn tcp4_job() -> Frame {
         tso_frame(build_tcp(&Spec::default(), &pattern(4000)), GSO_TCPV4, 1448)

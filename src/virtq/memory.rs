@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
-use crate::datapath::GuestMem;
+use super::GuestMem;
 
 /// One frontend region: guest-physical `[start, start + len)` mapped at `host`.
 #[derive(Clone, Copy, Debug)]

@@ -24,7 +24,10 @@ use virtio_queue::{Queue, QueueT};
 pub use memory::{append_from_guest, copy_from_guest, copy_to_guest, GuestRegions, Segment};
 pub use split::{RingConfig, SplitRing};
 
-use crate::datapath::GuestMem;
+/// Guest memory as vnic maps it (no dirty-page bitmap: live migration is not offered).
+pub type GuestMem = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory that the protocol thread can replace while workers run.
+pub type GuestMemAtomic = vm_memory::GuestMemoryAtomic<GuestMem>;
 
 /// Which buffers a chain must have: device-readable (a TX chain) or device-writable (RX).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

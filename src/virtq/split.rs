@@ -22,8 +22,8 @@ use virtio_bindings::virtio_ring::{
 };
 
 use super::memory::{GuestRegions, Segment};
+use super::GuestMem;
 use super::{Access, BadChain, ChainError, PoppedChain, RingError};
-use crate::datapath::GuestMem;
 
 /// A descriptor as the driver wrote it (`struct virtq_desc`).
 #[repr(C)]

@@ -31,7 +31,7 @@ pub enum L3 {
 
 /// Where a frame's headers are and what they are (all offsets from the start of the frame),
 /// plus what vnic decided about it at entry (flow hash; room for a traffic class and a
-/// steering key). Small and `Copy`: it travels inside [`Frame`](super::frame::Frame).
+/// steering key). Small and `Copy`: it travels inside [`Frame`](super::Frame).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameMeta {
     l3: L3,

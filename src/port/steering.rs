@@ -6,8 +6,8 @@
 //! and many flows spread over all of them. [`RxSteering`] is the seam where other policies
 //! (Homa RPC ids, Open-MX endpoints) plug in.
 
-use super::frame::Frame;
-use super::meta::FrameMeta;
+use crate::frame::meta::FrameMeta;
+use crate::frame::Frame;
 
 /// Chooses an RX queue for a frame among the enabled ones (`enabled`: bit i = pair i).
 pub trait RxSteering: Send + Sync {

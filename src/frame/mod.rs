@@ -1,11 +1,20 @@
 //! Frames and the frame pool.
+//!
+//! - this module: a [`Frame`] with its metadata, and the [`FramePool`] that recycles frame
+//!   buffers so the steady-state datapath allocates nothing.
+//! - [`meta`]: a frame's headers (offsets, EtherType, VLAN tags, IP protocol) and flow hash,
+//!   parsed once where it enters vnic.
+//! - [`net_header`]: the virtio-net header that precedes every frame on a virtqueue.
+
+pub mod meta;
+pub mod net_header;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::meta::FrameMeta;
-use super::net_header::NetHeader;
+use meta::FrameMeta;
+use net_header::NetHeader;
 
 /// Room reserved in a fresh frame buffer: a full standard frame fits without growing.
 const INITIAL_CAPACITY: usize = 2048;

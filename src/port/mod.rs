@@ -1,5 +1,5 @@
 //! A port: one vhost-user socket, one virtio-net device, and the state that outlives any one
-//! frontend connection (counters, egress queues, link state, its tap).
+//! frontend connection (counters, egress queues, link state).
 //!
 //! Frames reach a port's guest through its **egress queues**, one per RX queue: whoever
 //! forwards a frame (another port's worker, the switch) steers it to one RX queue, pushes it
@@ -7,6 +7,12 @@
 //! worker copies it into the guest. A full egress queue drops and counts, so a guest that does
 //! not post RX buffers never holds up the sender. (Room to grow: per-class queues for strict
 //! priority egress go here.)
+//!
+//! - [`steering`]: which of a port's RX queues receives a frame.
+//!
+//! A tap port's tap belongs to its attachment (`net::Attachment::Tap`), not to the port.
+
+pub mod steering;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,13 +23,14 @@ use crossbeam_queue::ArrayQueue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::capture::Capture;
-use crate::cli::PortConfig;
-use crate::datapath::frame::{Frame, FramePool};
-use crate::datapath::poller::PollSlot;
-use crate::datapath::steering::{FlowHashSteering, RxSteering};
-use crate::device::features;
-use crate::net::tap::Tap;
-use crate::stats::{DropReason, PortCounters, PortSnapshot};
+use crate::config::PortConfig;
+use crate::features;
+use crate::frame::{Frame, FramePool};
+use crate::offload::{adapt_for, RxCaps};
+use crate::poller::PollSlot;
+use crate::stats::{add, DropReason, PortCounters, PortSnapshot};
+use crate::warn_ratelimited;
+use steering::{FlowHashSteering, RxSteering};
 
 /// Frames an RX queue can hold while its guest has no free buffers.
 pub const EGRESS_QUEUE_LEN: usize = 1024;
@@ -87,7 +94,6 @@ pub struct Port {
     pub config: PortConfig,
     pub counters: PortCounters,
     pub egress: Vec<EgressQueue>,
-    pub tap: Option<Tap>,
     /// `pcap=PATH`: where frames crossing the port are recorded.
     pub capture: Option<Capture>,
     /// Served by pollers (`--poll-cpus`) rather than event-driven workers.
@@ -106,7 +112,6 @@ impl Port {
     pub fn new(
         id: usize,
         config: PortConfig,
-        tap: Option<Tap>,
         capture: Option<Capture>,
         poll_slots: Vec<Arc<PollSlot>>,
     ) -> io::Result<Port> {
@@ -119,7 +124,6 @@ impl Port {
             name: config.name(),
             counters: PortCounters::new(config.queues),
             egress,
-            tap,
             capture,
             polled,
             poll_slots,
@@ -152,6 +156,36 @@ impl Port {
             None => {
                 self.counters.pair(0).drop(DropReason::PortDown);
                 pool.put(frame);
+            }
+        }
+    }
+
+    /// Adapts `frame` for a destination of queue pair `pair` of this port (its guest's RX queue
+    /// or its tap) with `caps`, into `out`. Counts the segments vnic cut in `cut`; a frame that
+    /// cannot be delivered is dropped, counted as `rx_bad_offload` with its cause, and logged
+    /// (rate-limited).
+    pub fn adapt_counted(
+        &self,
+        frame: Frame,
+        caps: RxCaps,
+        pool: &FramePool,
+        out: &mut Vec<Frame>,
+        pair: usize,
+        cut: &AtomicU64,
+    ) {
+        let was_gso = frame.header.gso_type != 0;
+        match adapt_for(frame, caps, pool, out) {
+            Ok(n) if was_gso && n > 1 => add(cut, n as u64),
+            Ok(_) => {}
+            Err(e) => {
+                self.counters
+                    .pair(pair)
+                    .offload_drop(DropReason::RxBadOffload, e);
+                warn_ratelimited!(
+                    "port {} queue {pair}: cannot deliver an offloaded frame: {}",
+                    self.name,
+                    e.name()
+                );
             }
         }
     }
@@ -213,7 +247,7 @@ impl Port {
         PortSnapshot {
             name: self.name.clone(),
             socket: self.config.socket.display().to_string(),
-            mac: crate::cli::format_mac(&self.config.mac),
+            mac: crate::config::format_mac(&self.config.mac),
             mtu: self.config.mtu,
             speed_mbps: self.config.speed,
             attach: self.config.attach.to_string(),
