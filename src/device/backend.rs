@@ -317,6 +317,11 @@ impl VhostUserBackend for PortBackend {
         } else if device_event == TX {
             add(&counters.tx_kicks, 1);
             pair.process_tx(tx);
+            // Frames this pass sent to its own RX queue (a loopback port) go in now, without
+            // a wake-up through the eventfd and epoll (the attachment did not send one).
+            if !self.inner.port.egress[thread_id].is_empty() {
+                pair.process_rx(rx, self);
+            }
         } else if token == self.egress_token() {
             self.inner.port.egress[thread_id].ack_wake();
             pair.process_rx(rx, self);

@@ -52,7 +52,9 @@ impl Attachment {
                 for frame in batch.drain(..) {
                     port.enqueue(frame, pool, &mut wake);
                 }
-                port.wake(wake);
+                // The sending pair delivers to its own RX queue right after this pass (same
+                // thread): only the others need waking.
+                port.wake(wake & !(1 << pair));
             }
             Attachment::Tap(tap) => {
                 let counters = port.counters.pair(pair);
