@@ -848,7 +848,6 @@ mod tests {
         x
     }
 
-    /// Parse cost per frame, against the etherparse flow hash it replaces. Run with
     proptest! {
         /// The fast path for plain IPv4 gives exactly what the general path gives, on real
         /// frames (any protocol, fragments, cut short) and on bytes made to look like them.
@@ -876,6 +875,7 @@ mod tests {
         }
     }
 
+    /// Parse cost per frame, against the etherparse flow hash it replaces. Run with
     /// `cargo test --release --lib parse_cost -- --ignored --nocapture`.
     #[test]
     #[ignore]
