@@ -22,7 +22,7 @@ use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
 use crate::port::{EgressQueue, Port};
 use crate::stats::{add, DropReason, PairCounters};
-use crate::virtq::{Access, BadChain, ChainError, PoppedChain, RingCache, Segment, SplitRing};
+use crate::virtq::{Access, BadChain, ChainError, RingCache, Segment, SplitRing};
 use crate::warn_ratelimited;
 
 /// Every frame waiting for an RX queue: those already staged, then its egress queue.
@@ -83,7 +83,6 @@ pub struct QueuePair {
     /// Served by a poller: one burst per call, kicks kept off, no eventfd wake-ups.
     polling: bool,
     tx_segs: Vec<Segment>,
-    tx_popped: Vec<Result<PoppedChain, BadChain>>,
     tx_batch: Vec<Frame>,
     forward: ForwardScratch,
     /// Frames adapted for this guest, waiting for its buffers.
@@ -123,7 +122,6 @@ impl QueuePair {
             rx_ring,
             polling,
             tx_segs: Vec::with_capacity(2 * BATCH),
-            tx_popped: Vec::with_capacity(BATCH),
             tx_batch: Vec::with_capacity(BATCH),
             forward: ForwardScratch::default(),
             rx_stage: RxStage::default(),
@@ -185,7 +183,6 @@ impl QueuePair {
                     &self.pool,
                     neg,
                     &mut self.tx_segs,
-                    &mut self.tx_popped,
                     &mut self.tx_batch,
                 );
                 ring.publish();
@@ -397,12 +394,6 @@ fn signal_rx(
 /// Takes up to [`BATCH`] chains from TX ring `ring` of queue pair `pair` of `port`: each is
 /// copied into a frame, checked, and completed (length 0) on the used ring, not yet published.
 /// Good frames go to `batch`. Returns the chains taken.
-///
-/// Two passes, as DPDK's vhost does it: first the whole burst's chains are popped (their
-/// buffers prefetched as they are found), then copied out. The descriptors and buffers were
-/// just written by the driver on another core; asking for all of them before touching the
-/// first hides most of that transfer.
-#[allow(clippy::too_many_arguments)]
 fn tx_burst(
     ring: &mut SplitRing,
     port: &Port,
@@ -410,14 +401,14 @@ fn tx_burst(
     pool: &FramePool,
     neg: &Negotiated,
     segs: &mut Vec<Segment>,
-    popped: &mut Vec<Result<PoppedChain, BadChain>>,
     batch: &mut Vec<Frame>,
 ) -> usize {
     let counters = port.counters.pair(pair);
-    segs.clear();
-    popped.clear();
-    while popped.len() < BATCH {
-        match ring.pop(Access::Read, segs) {
+    let mut totals = TxTotals::default();
+    let mut taken = 0;
+    while taken < BATCH {
+        segs.clear();
+        let popped = match ring.pop(Access::Read, segs) {
             None => break,
             Some(Err(BadChain {
                 error: error @ ChainError::AvailIndexJump(_),
@@ -432,24 +423,15 @@ fn tx_burst(
                 );
                 break;
             }
-            Some(chain) => {
-                if let Ok(c) = &chain {
-                    if let Some(first) = segs.get(c.segs.0) {
-                        prefetch(first.host);
-                    }
-                }
-                popped.push(chain);
-            }
-        }
-    }
-    let mut totals = TxTotals::default();
-    for chain in popped.iter() {
-        let (head, result) = match chain {
+            Some(popped) => popped,
+        };
+        taken += 1;
+        let (head, result) = match popped {
             Ok(chain) => {
                 let mut frame = pool.get();
                 let mut hdr = [0u8; HEADER_LEN];
                 let result = read_tx_chain(
-                    &segs[chain.segs.0..chain.segs.1],
+                    segs,
                     chain.bytes,
                     neg.hdr_len,
                     neg.tx_max_frame,
@@ -491,17 +473,7 @@ fn tx_burst(
     add(&counters.tx_packets, totals.packets);
     add(&counters.tx_bytes, totals.bytes);
     add(&counters.tx_gso, totals.gso);
-    popped.len()
-}
-
-/// Asks the CPU to start loading the cache line at `at` (a hint: never faults).
-#[inline(always)]
-fn prefetch(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it reads nothing architecturally and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(at.cast(), std::arch::x86_64::_MM_HINT_T0);
-    }
+    taken
 }
 
 /// Parses a TX frame's headers and checks its virtio-net header against the frame and the
