@@ -310,6 +310,7 @@ impl VhostUserBackend for PortBackend {
         }
         let mut pair = pair.lock().unwrap_or_else(|e| e.into_inner());
         self.prepare(&mut pair);
+        let before = pair.moved();
         let token = device_event as u64;
         if device_event == RX {
             add(&counters.rx_kicks, 1);
@@ -327,6 +328,9 @@ impl VhostUserBackend for PortBackend {
             pair.process_rx(rx, self);
         } else if token == self.tap_token() {
             pair.process_rx(rx, self);
+        }
+        if pair.moved() != before {
+            pair.spin(rx, tx, self);
         }
         // Never an error: an error would stop this worker for good.
         Ok(())

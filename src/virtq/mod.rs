@@ -138,6 +138,12 @@ impl RingCache {
         }
     }
 
+    /// Whether the driver has made chains available that were not popped yet, as far as a
+    /// look at `avail.idx` without the vring lock can tell (a hint: the pass decides).
+    pub fn has_available(&self) -> bool {
+        self.ring.as_ref().is_some_and(SplitRing::has_available)
+    }
+
     /// Keeps the driver's kicks off for good (a poller serves this ring) or not.
     pub fn set_polling(&mut self, on: bool) {
         self.polling = on;

@@ -194,6 +194,12 @@ impl SplitRing {
         Ok(pending)
     }
 
+    /// Chains made available beyond `next_avail` (and not more than a ring ahead).
+    pub fn has_available(&self) -> bool {
+        let pending = self.read_avail_idx().wrapping_sub(self.next_avail);
+        pending > 0 && pending <= self.size()
+    }
+
     #[inline]
     fn read_desc(&self, table: *const Desc, index: u16) -> Desc {
         // SAFETY: the caller checked `index` against the table's length. Read as bytes (an
