@@ -194,7 +194,7 @@ impl QueuePair {
             // may share this CPU (the other worker of a switch, a tap's kernel thread) and
             // must get to run within microseconds, not at the end of a time slice.
             looks += 1;
-            if looks % 32 == 0 {
+            if looks.is_multiple_of(32) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
