@@ -61,6 +61,8 @@ pub struct SplitRing {
     avail_seen: u16,
     /// `avail.idx` when `pop` last found nothing more: everything before it has been tried.
     exhausted_at: u16,
+    /// The `avail.idx` of the last jump reported (see `available`).
+    jumped_to: Option<u16>,
     next_used: u16,
     /// `used.idx` as last published.
     published: u16,
@@ -114,6 +116,7 @@ impl SplitRing {
             next_avail,
             avail_seen: next_avail,
             exhausted_at: next_avail,
+            jumped_to: None,
             next_used,
             published: next_used,
             checked: next_used,
@@ -176,7 +179,8 @@ impl SplitRing {
 
     /// Chains made available and not popped yet, reading `avail.idx` only if the cached value
     /// says none. Err if the driver moved `avail.idx` more than a ring ahead of us (it is not
-    /// followed: nothing there can be trusted).
+    /// followed: nothing there can be trusted), once per bogus value; after that, none
+    /// available until the driver changes its index.
     #[inline]
     pub fn available(&mut self) -> Result<u16, ChainError> {
         let mut pending = self.avail_seen.wrapping_sub(self.next_avail);
@@ -188,9 +192,17 @@ impl SplitRing {
             }
         }
         if pending > self.size() {
+            let bogus = self.avail_seen;
             self.avail_seen = self.next_avail;
+            // Said once per bogus index: a poller asks many times a second, and one jump is
+            // one fault (it is counted and logged once, not once per look).
+            if self.jumped_to == Some(bogus) {
+                return Ok(0);
+            }
+            self.jumped_to = Some(bogus);
             return Err(ChainError::AvailIndexJump(pending));
         }
+        self.jumped_to = None;
         Ok(pending)
     }
 
@@ -217,8 +229,9 @@ impl SplitRing {
     /// Pops the next available chain, appending its buffers to `segs`. Every buffer must be
     /// of kind `access` (device-readable for TX, device-writable for RX). `None`: nothing
     /// available. `Some(Err)`: the chain is unusable; the caller completes its head, if it has
-    /// one, with length 0 ([`SplitRing::push_used`]). An `AvailIndexJump` comes back on every
-    /// call until the driver repairs its index: the caller stops popping for this pass.
+    /// one, with length 0 ([`SplitRing::push_used`]). An `AvailIndexJump` comes back once per
+    /// bogus index (then nothing is available until the driver moves it): the caller stops
+    /// popping for this pass.
     pub fn pop(
         &mut self,
         access: Access,
