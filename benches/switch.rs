@@ -18,18 +18,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use vnic_testdriver::{GuestOptions, TestGuest};
+use vnic_testdriver::{frames, GuestOptions, TestGuest};
 
 mod common;
 use common::{measure, seconds_per_case, start_vnic, Daemon};
 
+/// A test frame of `len` bytes from guest 1 to guest 2, tagged with `flow`.
 fn frame(len: usize, flow: u16) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-    f[14..16].copy_from_slice(&flow.to_be_bytes());
-    f
+    frames::frame(frames::mac(2), frames::mac(1), len, flow as u32)
 }
 
 struct Result {

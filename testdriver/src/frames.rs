@@ -1,5 +1,6 @@
-//! Frames as a guest driver hands them to its NIC, for tests and benchmarks: TCP segmentation
-//! jobs with a partial checksum, the way Linux sends them with TSO.
+//! Frames as a guest driver hands them to its NIC, for tests and benchmarks (the one set of
+//! frame builders): raw test frames tagged with a sequence number, UDP flows, and TCP
+//! segmentation jobs with a partial checksum, the way Linux sends them with TSO.
 //!
 //! The pseudo-header sum is computed here independently of vnic's own offload code, so tests
 //! that use these frames check vnic against a second implementation.
@@ -10,6 +11,42 @@ pub const F_NEEDS_CSUM: u8 = 1;
 pub const F_DATA_VALID: u8 = 2;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_TCPV6: u8 = 4;
+pub const BCAST: [u8; 6] = [0xff; 6];
+/// IEEE "local experimental" EtherType: no host stack reacts to it.
+pub const ETH_TEST: u16 = 0x88b5;
+
+/// A raw Ethernet frame with the test EtherType, `len` bytes long, payload tagged by `seq`.
+pub fn frame(dst: [u8; 6], src: [u8; 6], len: usize, seq: u32) -> Vec<u8> {
+    assert!(len >= 18);
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETH_TEST.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    while f.len() < len {
+        f.push((f.len() as u32 ^ seq) as u8);
+    }
+    f
+}
+
+/// The `seq` tag of a frame built by [`frame`].
+pub fn seq_of(f: &[u8]) -> u32 {
+    u32::from_be_bytes(f[14..18].try_into().unwrap())
+}
+
+/// A UDP/IPv4 frame of flow `sport -> 9`, `payload` bytes of payload.
+pub fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16, payload: usize) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src, dst)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .udp(sport, 9);
+    let mut v = Vec::new();
+    b.write(&mut v, &vec![0xab; payload]).unwrap();
+    v
+}
+
+pub fn mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, n]
+}
 
 /// Folded (not complemented) ones'-complement sum of big-endian 16-bit words.
 pub fn ones_sum(data: &[u8], mut acc: u32) -> u32 {

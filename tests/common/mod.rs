@@ -1,20 +1,19 @@
 //! Shared set-up for the integration tests: an in-process vnic daemon on sockets in a fresh
-//! directory, plus frame builders.
+//! directory (frame builders come from `vnic_testdriver::frames`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use etherparse::PacketBuilder;
 use vnic::cli::{PortConfig, ServeArgs};
 use vnic::daemon::{self, Running};
 use vnic::stats::{PortSnapshot, StatsSnapshot};
 use vnic_testdriver::{GuestOptions, TestGuest};
 
 pub const WAIT: Duration = Duration::from_secs(5);
-pub const BCAST: [u8; 6] = [0xff; 6];
-/// IEEE "local experimental" EtherType: no host stack reacts to it.
-pub const ETH_TEST: u16 = 0x88b5;
+// The frame builders (`frame`, `seq_of`, `udp_frame`, `mac`, `BCAST`, ...) are the test
+// driver's, the one set for tests and benchmarks.
+pub use vnic_testdriver::frames::*;
 
 /// A running in-process daemon whose ports are named p0.sock, p1.sock, ...
 pub struct Net {
@@ -114,39 +113,6 @@ impl Net {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-/// A raw Ethernet frame with the test EtherType, `len` bytes long, payload tagged by `seq`.
-pub fn frame(dst: [u8; 6], src: [u8; 6], len: usize, seq: u32) -> Vec<u8> {
-    assert!(len >= 18);
-    let mut f = Vec::with_capacity(len);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ETH_TEST.to_be_bytes());
-    f.extend_from_slice(&seq.to_be_bytes());
-    while f.len() < len {
-        f.push((f.len() as u32 ^ seq) as u8);
-    }
-    f
-}
-
-/// The `seq` tag of a frame built by [`frame`].
-pub fn seq_of(f: &[u8]) -> u32 {
-    u32::from_be_bytes(f[14..18].try_into().unwrap())
-}
-
-/// A UDP/IPv4 frame of flow `sport -> 9`, `payload` bytes of payload.
-pub fn udp_frame(dst: [u8; 6], src: [u8; 6], sport: u16, payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src, dst)
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .udp(sport, 9);
-    let mut v = Vec::new();
-    b.write(&mut v, &vec![0xab; payload]).unwrap();
-    v
-}
-
-pub fn mac(n: u8) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, n]
 }
 
 /// Makes the switch learn `guest`'s MAC on its port by sending one broadcast from it, and
