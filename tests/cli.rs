@@ -68,6 +68,14 @@ fn bad_options_are_one_clear_line() {
     assert!(e.contains("unknown key 'bogus'"), "{e}");
     let o = vnic(&["serve"]);
     assert!(!o.status.success() && stderr(&o).contains("--port"));
+    let e = serve_error(&["--poll-cpus", "4096", "--port", "socket=/tmp/x.sock"]);
+    assert!(e.contains("CPU 4096 does not exist"), "{e}");
+    let e = serve_error(&["--poll-cpus", "0,0", "--port", "socket=/tmp/x.sock"]);
+    assert!(e.contains("CPU 0 is listed twice"), "{e}");
+    let e = serve_error(&["--poll-cpus", "1-0", "--port", "socket=/tmp/x.sock"]);
+    assert!(e.contains("goes backwards"), "{e}");
+    let e = serve_error(&["--port", "socket=/tmp/x.sock,attach=loop"]);
+    assert!(e.contains("'switch', 'tap:NAME' or 'loopback'"), "{e}");
 }
 
 #[test]

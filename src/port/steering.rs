@@ -31,7 +31,13 @@ pub fn nth_enabled(enabled: u32, hash: u32) -> Option<usize> {
     if count == 0 {
         return None;
     }
-    let mut n = hash % count;
+    // Per frame: no division where the count is a power of two (1, 2, 4, 8, 16 queues), the
+    // same result as `%` there.
+    let mut n = if count.is_power_of_two() {
+        hash & (count - 1)
+    } else {
+        hash % count
+    };
     let mut bits = enabled;
     loop {
         let q = bits.trailing_zeros();
