@@ -60,9 +60,9 @@ pub trait TapWatch {
     fn watch_tap(&self, pair: usize, on: bool);
 }
 
-/// Totals of one TX burst, added to the shared counters once per burst.
+/// Totals of one burst (TX or RX), added to the shared counters once per burst.
 #[derive(Default)]
-struct TxTotals {
+struct BurstTotals {
     packets: u64,
     bytes: u64,
     gso: u64,
@@ -101,6 +101,8 @@ pub struct QueuePair {
 /// work, halved when it did not (so a pair whose traffic stopped spins 2 us per event).
 const SPIN_MIN: Duration = Duration::from_micros(2);
 const SPIN_MAX: Duration = Duration::from_micros(50);
+/// Longest a spin keeps a pair (and its worker) before returning to the event loop.
+const SPIN_HOLD: Duration = Duration::from_millis(1);
 
 /// A poller with nothing to deliver looks at the RX ring once per this many passes.
 const IDLE_POLLS_PER_LOOK: u32 = 256;
@@ -173,7 +175,8 @@ impl QueuePair {
     /// when it finds work and halves when it does not.
     pub fn spin(&mut self, rx: &Vring, tx: &Vring, tap_watch: &dyn TapWatch) {
         let window = self.spin;
-        let mut deadline = Instant::now() + window;
+        let start = Instant::now();
+        let mut deadline = start + window;
         let mut found = false;
         let mut looks = 0u32;
         loop {
@@ -183,7 +186,9 @@ impl QueuePair {
                 self.process_rx(rx, tap_watch);
                 if self.moved() != before {
                     found = true;
-                    deadline = Instant::now() + window;
+                    // However busy the rings, back to the event loop now and then: its exit
+                    // event and the control path (`stop_vring` takes this pair) must get in.
+                    deadline = (Instant::now() + window).min(start + SPIN_HOLD);
                     continue;
                 }
             }
@@ -314,7 +319,7 @@ impl QueuePair {
         };
         ring.suppress_kicks();
         let counters = self.port.counters.pair(self.index);
-        let mut totals = TxTotals::default();
+        let mut totals = BurstTotals::default();
         let mut unsignalled = 0;
         while let Some(mut frame) = self.rx_stage.next(
             &self.port,
@@ -460,7 +465,7 @@ fn tx_burst(
     batch: &mut Vec<Frame>,
 ) -> usize {
     let counters = port.counters.pair(pair);
-    let mut totals = TxTotals::default();
+    let mut totals = BurstTotals::default();
     let mut taken = 0;
     while taken < BATCH {
         segs.clear();
