@@ -1,12 +1,10 @@
 //! RX steering: which of a port's RX queues receives a frame.
 //!
 //! A frame's flow hash is computed once, with the rest of its metadata (`FrameMeta`), where it
-//! enters vnic; each destination then maps the
-//! hash onto its own enabled RX queues, so one flow always lands on one queue (no reordering)
-//! and many flows spread over all of them. [`RxSteering`] is the seam where other policies
+//! enters vnic; each destination then maps the hash onto its own enabled RX queues, so one
+//! flow always lands on one queue (no reordering) and many flows spread over all of them. [`RxSteering`] is the seam where other policies
 //! (Homa RPC ids, Open-MX endpoints) plug in.
 
-use crate::frame::meta::FrameMeta;
 use crate::frame::Frame;
 
 /// Chooses an RX queue for a frame among the enabled ones (`enabled`: bit i = pair i).
@@ -49,17 +47,16 @@ pub fn nth_enabled(enabled: u32, hash: u32) -> Option<usize> {
     }
 }
 
-/// Hash of a frame's flow: addresses, protocol and ports for IP; MACs and EtherType otherwise.
-/// Never fails. Where a frame enters vnic this comes with the rest of its metadata
-/// ([`FrameMeta::parse`]); this is for callers that want the hash alone.
-pub fn flow_hash(data: &[u8]) -> u32 {
-    FrameMeta::parse(data).flow_hash
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::meta::FrameMeta;
     use etherparse::PacketBuilder;
+
+    /// The flow hash as parsed at entry.
+    fn flow_hash(data: &[u8]) -> u32 {
+        FrameMeta::parse(data).flow_hash
+    }
 
     fn udp(sport: u16) -> Vec<u8> {
         let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])

@@ -151,9 +151,4 @@ impl RingCache {
             r.set_polling(on);
         }
     }
-
-    /// Forgets the ring (its memory goes with it).
-    pub fn clear(&mut self) {
-        self.ring = None;
-    }
 }
