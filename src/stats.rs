@@ -112,7 +112,10 @@ pub struct PairCounters {
 /// Adds `n` to a counter. Relaxed: counters order nothing.
 #[inline]
 pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+    // Most bursts leave most counters alone: no locked instruction for those.
+    if n != 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl PairCounters {

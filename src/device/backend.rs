@@ -181,8 +181,7 @@ impl Pollable for PortBackend {
         };
         let mut qp = qp.lock().unwrap_or_else(|e| e.into_inner());
         self.prepare(&mut qp);
-        qp.process_tx(tx);
-        qp.process_rx(rx, self);
+        qp.poll_session(rx, tx, self);
     }
 }
 
