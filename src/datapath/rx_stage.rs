@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 
 use super::BATCH;
-use crate::frame::meta::FrameMeta;
+use crate::frame::net_header::NetHeader;
 use crate::frame::{Frame, FramePool};
 use crate::net::tap::Tap;
 use crate::offload::{Coalescer, RxCaps};
@@ -93,6 +93,12 @@ impl RxStage {
             let Some(frame) = next_source_frame(port, tap, pair, pool, tap_max) else {
                 break;
             };
+            // Nothing to adapt in a frame without offload state, and no LRO to offer it to:
+            // straight in (what `adapt_for` would leave of it is the frame unchanged).
+            if !lro && frame.header == NetHeader::default() {
+                self.ready.push_back(frame);
+                continue;
+            }
             self.adapted.clear();
             port.adapt_counted(
                 frame,
@@ -110,8 +116,10 @@ impl RxStage {
                     self.ready.push_back(f);
                 }
             }
-            emitted += self.merged.len() as u64;
-            self.ready.extend(self.merged.drain(..));
+            if !self.merged.is_empty() {
+                emitted += self.merged.len() as u64;
+                self.ready.extend(self.merged.drain(..));
+            }
         }
         if lro {
             self.coalescer.flush(&mut self.merged);
@@ -137,7 +145,8 @@ fn next_source_frame(
     let mut frame = pool.get();
     match tap.read_frame(pair, &mut frame, tap_max) {
         Ok(true) => {
-            frame.meta = FrameMeta::parse(&frame.data);
+            let buf = &mut *frame;
+            buf.meta.parse_into(&buf.data);
             Some(frame)
         }
         Ok(false) => {
