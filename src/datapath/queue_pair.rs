@@ -94,6 +94,9 @@ pub struct QueuePair {
     idle_polls: u32,
     /// Event mode: how long to keep looking for work before sleeping (see [`QueuePair::spin`]).
     spin: Duration,
+    /// Event mode: the TX ring asks the driver for kicks again (a TX pass turns them off; they
+    /// stay off while the worker keeps looking, and [`QueuePair::finish_tx`] turns them on).
+    tx_armed: bool,
 }
 
 /// Event mode's spin after a pass that moved frames: between these, doubled when it found more
@@ -148,6 +151,7 @@ impl QueuePair {
             tap_watched: false,
             idle_polls: 0,
             spin: SPIN_MIN,
+            tx_armed: true,
         }
     }
 
@@ -188,10 +192,13 @@ impl QueuePair {
         let mut found = false;
         let mut looks = 0u32;
         loop {
-            if self.tx_ring.has_available() || !self.port.egress[self.index].is_empty() {
+            let rx_waiting = !self.port.egress[self.index].is_empty() || !self.rx_stage.is_empty();
+            if self.tx_ring.has_available() || rx_waiting {
                 let before = self.moved();
                 self.process_tx(tx);
-                self.process_rx(rx, tap_watch);
+                if rx_waiting || !self.port.egress[self.index].is_empty() {
+                    self.process_rx(rx, tap_watch);
+                }
                 if self.moved() != before {
                     found = true;
                     // However busy the rings, back to the event loop now and then: its exit
@@ -222,13 +229,55 @@ impl QueuePair {
 
     /// Takes what the guest made available on the TX queue, a burst at a time, and hands each
     /// burst to the attachment. Every chain goes back on the used ring, dropped or not. An
-    /// event-driven worker goes on until the ring is empty; a poller takes one burst.
+    /// event-driven worker goes on until the ring is empty (and must call
+    /// [`QueuePair::finish_tx`] before it sleeps); a poller takes one burst.
     pub fn process_tx(&mut self, vring: &Vring) {
         while self.tx_pass(&mut vring.get_mut()) && !self.polling {}
     }
 
-    /// One TX burst on the ring `state` holds. Returns whether to look again (a full burst, or
-    /// chains that came while kicks were being re-enabled).
+    /// Event mode, before the worker sleeps: asks the driver for TX kicks again, and takes
+    /// what it made available meanwhile. Kicks stay off from the first TX pass of an event to
+    /// here, through the spin: a driver that sends while the worker is looking anyway pays no
+    /// kick (a syscall for a frontend like DPDK's `virtio_user`).
+    pub fn finish_tx(&mut self, rx: &Vring, tx: &Vring, tap_watch: &dyn TapWatch) {
+        while !self.tx_armed {
+            let arrived = {
+                let mut state = tx.get_mut();
+                self.arm_tx(&mut state)
+            };
+            if !arrived {
+                return;
+            }
+            self.process_tx(tx);
+            // What a loopback port sent itself goes in now (nobody wakes this pair for it).
+            if !self.port.egress[self.index].is_empty() {
+                self.process_rx(rx, tap_watch);
+            }
+        }
+    }
+
+    /// Re-enables TX kicks; true if chains arrived since the ring was last found empty.
+    fn arm_tx(&mut self, state: &mut VringState<GuestMemAtomic>) -> bool {
+        let Some(mem) = &self.mem else {
+            return false;
+        };
+        self.tx_armed = true;
+        if !(state.get_queue().ready() && state.is_enabled()) {
+            return false;
+        }
+        let Ok(ring) = self.tx_ring.begin(state.get_queue(), mem) else {
+            return false;
+        };
+        let arrived = ring.arm_kicks();
+        self.tx_ring.end(state.get_queue_mut());
+        if arrived {
+            self.tx_armed = false;
+        }
+        arrived
+    }
+
+    /// One TX burst on the ring `state` holds, leaving kicks off. Returns whether to look
+    /// again (a full burst).
     fn tx_pass(&mut self, state: &mut VringState<GuestMemAtomic>) -> bool {
         let (Some(mem), neg) = (&self.mem, &self.neg) else {
             return false;
@@ -244,6 +293,7 @@ impl QueuePair {
             }
         };
         ring.suppress_kicks();
+        self.tx_armed = self.polling;
         let taken = tx_burst(
             ring,
             &self.port,
@@ -258,9 +308,9 @@ impl QueuePair {
             let _ = state.signal_used_queue();
             add(&self.port.counters.pair(self.index).tx_interrupts, 1);
         }
-        // A full burst: look again. Otherwise re-enable kicks; if chains arrived meanwhile,
-        // look again too.
-        let more = taken == BATCH || ring.arm_kicks();
+        // A full burst: look again. Otherwise the ring is empty for now (kicks are re-enabled
+        // by `finish_tx`, or never while polling).
+        let more = taken == BATCH;
         self.tx_ring.end(state.get_queue_mut());
         if let Some(capture) = &self.port.capture {
             capture.flush();

@@ -331,6 +331,7 @@ impl VhostUserBackend for PortBackend {
         if pair.moved() != before {
             pair.spin(rx, tx, self);
         }
+        pair.finish_tx(rx, tx, self);
         // Never an error: an error would stop this worker for good.
         Ok(())
     }
