@@ -529,7 +529,10 @@ fn signal_rx(
     state: &mut VringState<GuestMemAtomic>,
     counters: &PairCounters,
 ) {
-    if ring.publish() > 0 && ring.needs_interrupt() {
+    // Not "if anything was published now": entries published earlier in the burst (every
+    // `RX_PUBLISH_EVERY`) still wait for this decision; `needs_interrupt` knows what is new.
+    ring.publish();
+    if ring.needs_interrupt() {
         let _ = state.signal_used_queue();
         add(&counters.rx_interrupts, 1);
     }
