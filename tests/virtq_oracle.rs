@@ -1410,10 +1410,8 @@ fn indirect_table_of_length_zero() {
     });
 }
 
-/// A good indirect chain; the table need not be aligned.
-#[test]
-fn good_indirect_table() {
-    let table = BUF + 0x1003;
+/// A good two-entry indirect chain whose table is at `table`.
+fn good_indirect_table_at(table: u64) {
     case(
         Access::Read,
         Ok((vec![(BUF + 100, 10), (BUF + 200, 20)], 30)),
@@ -1427,21 +1425,16 @@ fn good_indirect_table() {
     );
 }
 
+/// A good indirect chain; the table need not be aligned.
+#[test]
+fn good_indirect_table() {
+    good_indirect_table_at(BUF + 0x1003);
+}
+
 /// An indirect table ending exactly at the end of memory is inside it.
 #[test]
 fn indirect_table_ending_at_the_end_of_memory() {
-    let table = MEM - 32;
-    case(
-        Access::Read,
-        Ok((vec![(BUF + 100, 10), (BUF + 200, 20)], 30)),
-        |w| {
-            w.both(|m| {
-                write_lenient(m, table, &D::new(BUF + 100, 10, NEXT, 1).bytes());
-                write_lenient(m, table + 16, &D::new(BUF + 200, 20, 0, 0).bytes());
-            });
-            raw_desc(w, RAW, table, 32, INDIRECT, 0);
-        },
-    );
+    good_indirect_table_at(MEM - 32);
 }
 
 /// An indirect table of 65536 entries (1 MiB, inside memory here) is one too many.
