@@ -61,6 +61,12 @@ VNIC_PID=
 gt_cleanup() {
     local rc=$? id pid i ns
     trap - EXIT INT TERM
+    # A failed test keeps vnic's counters as they were at the failure (drops say whether
+    # vnic or a guest lost what the test missed). Best effort: the verdict stands either way.
+    if ((rc != 0)) && [[ -n "$VNIC_PID" && -n "${CONTROL:-}" ]] && kill -0 "$VNIC_PID" 2>/dev/null; then
+        timeout 5 "$VNIC_BIN" stats --json --control "$CONTROL" \
+            >"$GT_LOGS/stats-at-failure.json" 2>/dev/null || rm -f "$GT_LOGS/stats-at-failure.json"
+    fi
     # Guests: run-vm kills its QEMU when it gets SIGTERM.
     for id in "${GUESTS[@]}"; do
         pid=${GUEST_PID[$id]:-}
