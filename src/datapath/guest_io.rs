@@ -8,8 +8,8 @@
 use crate::frame::net_header::HEADER_LEN;
 use crate::stats::DropReason;
 use crate::virtq::{
-    append_from_guest, copy_from_guest, copy_to_guest, Access, BadChain, ChainError, PoppedChain,
-    Segment, SplitRing,
+    append_from_guest, copy_from_guest, copy_to_guest, split_from_guest, Access, BadChain,
+    ChainError, PoppedChain, Segment, SplitRing,
 };
 
 /// Smallest frame accepted from a guest: an Ethernet header.
@@ -17,6 +17,7 @@ pub const MIN_FRAME: usize = 14;
 
 /// Reads a popped TX chain: the virtio-net header (`hdr_len` bytes) into `hdr`, the frame into
 /// `data`.
+#[inline]
 pub fn read_tx_chain(
     segs: &[Segment],
     bytes: u32,
@@ -33,6 +34,12 @@ pub fn read_tx_chain(
     let len = bytes - hdr_len;
     if len > max_frame {
         return Err(DropReason::TxOversize);
+    }
+    if let ([seg], HEADER_LEN) = (segs, hdr_len) {
+        // The usual chain (DPDK's and Linux's drivers put the header in front of the frame,
+        // one buffer): fixed-size header read and one copy, no segment walk.
+        split_from_guest(*seg, hdr, data);
+        return Ok(());
     }
     copy_from_guest(segs, 0, &mut hdr[..hdr_len]);
     let got = append_from_guest(segs, hdr_len, len, data);

@@ -83,7 +83,7 @@ pub struct QueuePair {
     rx_ring: RingCache,
     /// Served by a poller: one burst per call, kicks kept off, no eventfd wake-ups.
     polling: bool,
-    tx_segs: Vec<Segment>,
+    tx_scratch: TxScratch,
     tx_batch: Vec<Frame>,
     forward: ForwardScratch,
     /// Frames adapted for this guest, waiting for its buffers.
@@ -143,7 +143,7 @@ impl QueuePair {
             tx_ring,
             rx_ring,
             polling,
-            tx_segs: Vec::with_capacity(2 * BATCH),
+            tx_scratch: TxScratch::default(),
             tx_batch: Vec::with_capacity(BATCH),
             forward: ForwardScratch::default(),
             rx_stage: RxStage::default(),
@@ -300,7 +300,7 @@ impl QueuePair {
             self.index,
             &self.pool,
             neg,
-            &mut self.tx_segs,
+            &mut self.tx_scratch,
             &mut self.tx_batch,
         );
         ring.publish();
@@ -538,6 +538,16 @@ fn signal_rx(
     }
 }
 
+/// Reusable space of a pair's TX bursts.
+#[derive(Default)]
+struct TxScratch {
+    /// The buffers of the chain being read.
+    segs: Vec<Segment>,
+    /// Empty frames for the next chains, taken from the pool a burst's worth at a time (one
+    /// look at the thread's frame cache per burst instead of one per frame).
+    stash: Vec<Frame>,
+}
+
 /// Takes up to [`BATCH`] chains from TX ring `ring` of queue pair `pair` of `port`: each is
 /// copied into a frame, checked, and completed (length 0) on the used ring, not yet published.
 /// Good frames go to `batch`. Returns the chains taken.
@@ -547,9 +557,10 @@ fn tx_burst(
     pair: usize,
     pool: &FramePool,
     neg: &Negotiated,
-    segs: &mut Vec<Segment>,
+    scratch: &mut TxScratch,
     batch: &mut Vec<Frame>,
 ) -> usize {
+    let TxScratch { segs, stash } = scratch;
     let counters = port.counters.pair(pair);
     let mut totals = BurstTotals::default();
     let mut taken = 0;
@@ -575,7 +586,10 @@ fn tx_burst(
         taken += 1;
         let (head, result) = match popped {
             Ok(chain) => {
-                let mut frame = pool.get();
+                if stash.is_empty() {
+                    pool.get_many(BATCH, stash);
+                }
+                let mut frame = stash.pop().expect("just filled");
                 let mut hdr = [0u8; HEADER_LEN];
                 let result = read_tx_chain(
                     segs,

@@ -99,12 +99,19 @@ impl Frame {
         meta
     }
 
+    /// The destination MAC (zeros for a frame too short to have one).
+    #[inline]
     pub fn dst_mac(&self) -> [u8; 6] {
-        self.data[0..6].try_into().unwrap()
+        self.data.first_chunk::<6>().copied().unwrap_or_default()
     }
 
+    /// The source MAC (zeros for a frame too short to have one).
+    #[inline]
     pub fn src_mac(&self) -> [u8; 6] {
-        self.data[6..12].try_into().unwrap()
+        match self.data.first_chunk::<12>() {
+            Some(h) => *h[6..].first_chunk::<6>().expect("6 of 12"),
+            None => [0; 6],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -177,6 +184,26 @@ impl FramePool {
         }
     }
 
+    /// Appends `n` empty frames to `out` with one look at the thread's cache: a burst's
+    /// worth for a queue pair's stash.
+    pub fn get_many(&self, n: usize, out: &mut Vec<Frame>) {
+        let target = out.len() + n;
+        LOCAL.with_borrow_mut(|l| {
+            if let Some(l) = l {
+                let take = n.min(l.len());
+                out.extend(l.drain(l.len() - take..).map(|mut f| {
+                    f.data.clear();
+                    f.header = NetHeader::default();
+                    f.meta = FrameMeta::default();
+                    f
+                }));
+            }
+        });
+        while out.len() < target {
+            out.push(self.get());
+        }
+    }
+
     /// A copy of `src` (data and metadata), for flooding.
     pub fn copy_of(&self, src: &Frame) -> Frame {
         let mut f = self.get();
@@ -208,6 +235,26 @@ impl FramePool {
             return self.park(frame, false);
         }
         self.park(frame, large);
+    }
+
+    /// Returns every frame of `frames` (emptied) with one look at the thread's cache: for the
+    /// frames a burst is done with.
+    pub fn put_many(&self, frames: &mut Vec<Frame>) {
+        if frames.is_empty() {
+            return;
+        }
+        // Large buffers are rare; they go the long way (`put` decides what to keep).
+        if frames.iter().all(|f| f.data.capacity() <= LARGE) {
+            LOCAL.with_borrow_mut(|l| {
+                if let Some(l) = l {
+                    let keep = frames.len().min(LOCAL_FRAMES.saturating_sub(l.len()));
+                    l.extend(frames.drain(frames.len() - keep..));
+                }
+            });
+        }
+        for frame in frames.drain(..) {
+            self.put(frame);
+        }
     }
 
     fn park(&self, frame: Frame, large: bool) {

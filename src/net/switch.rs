@@ -44,6 +44,8 @@ pub struct ForwardScratch {
     learn: Vec<Mac>,
     /// Frames adapted for a destination that is not a guest (a tap).
     pub(crate) adapted: Vec<Frame>,
+    /// Frames the batch dropped, returned to the pool together at its end.
+    spent: Vec<Frame>,
 }
 
 pub struct Switch {
@@ -165,16 +167,17 @@ impl Switch {
             match known {
                 Some(st) if st.port == src.id => {
                     src.counters.pair(pair).drop(DropReason::SamePort);
-                    pool.put(frame);
+                    scratch.spent.push(frame);
                 }
                 Some(st) => match ports.get(st.port).and_then(|p| p.as_ref()) {
                     Some(dst) => dst.enqueue(frame, pool, &mut scratch.wake[st.port]),
-                    None => pool.put(frame),
+                    None => scratch.spent.push(frame),
                 },
-                None => self.flood(src.id, frame, ports, pool, &mut scratch.wake),
+                None => self.flood(src.id, frame, ports, pool, scratch),
             }
         }
         drop(table);
+        pool.put_many(&mut scratch.spent);
 
         if !scratch.learn.is_empty() {
             self.learn(src.id, &scratch.learn, now);
@@ -195,7 +198,7 @@ impl Switch {
         frame: Frame,
         ports: &[Option<Arc<Port>>],
         pool: &FramePool,
-        wake: &mut [u32],
+        scratch: &mut ForwardScratch,
     ) {
         let mut targets = ports
             .iter()
@@ -210,10 +213,10 @@ impl Switch {
             } else {
                 frame.take().unwrap()
             };
-            port.enqueue(f, pool, &mut wake[id]);
+            port.enqueue(f, pool, &mut scratch.wake[id]);
         }
         if let Some(f) = frame {
-            pool.put(f);
+            scratch.spent.push(f);
         }
     }
 

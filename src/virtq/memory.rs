@@ -151,6 +151,28 @@ pub fn append_from_guest(segs: &[Segment], skip: usize, len: usize, data: &mut V
     }
 }
 
+/// Reads one segment as a fixed-size head (into `head`) and the rest (appended to `data`),
+/// the common TX chain's shape: a virtio-net header and a frame in one buffer. Reads as much
+/// of each as the segment holds.
+#[inline]
+pub fn split_from_guest<const N: usize>(seg: Segment, head: &mut [u8; N], data: &mut Vec<u8>) {
+    let len = seg.len as usize;
+    if len < N {
+        copy_from_guest(&[seg], 0, head);
+        return;
+    }
+    let rest = len - N;
+    data.reserve(rest);
+    let start = data.len();
+    // SAFETY: `seg` lies inside a live mapping (see `GuestRegions`) and holds `N + rest`
+    // bytes; `reserve` made room for `rest` bytes after `start`, all of which are written.
+    unsafe {
+        *head = std::ptr::read_unaligned(seg.host as *const [u8; N]);
+        std::ptr::copy_nonoverlapping(seg.host.add(N), data.as_mut_ptr().add(start), rest);
+        data.set_len(start + rest);
+    }
+}
+
 /// SAFETY: `dst` must be valid for `cap` bytes of writes.
 #[inline]
 unsafe fn copy_from_guest_raw(

@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 
-pub use memory::{append_from_guest, copy_from_guest, copy_to_guest, GuestRegions, Segment};
+pub use memory::{
+    append_from_guest, copy_from_guest, copy_to_guest, split_from_guest, GuestRegions, Segment,
+};
 pub use split::{RingConfig, SplitRing};
 
 /// Guest memory as vnic maps it (no dirty-page bitmap: live migration is not offered).
