@@ -21,7 +21,7 @@ use crate::frame::net_header::{NetHeader, HEADER_LEN};
 use crate::frame::{Frame, FramePool};
 use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
-use crate::port::{EgressQueue, Port};
+use crate::port::{EgressQueue, Port, EGRESS_QUEUE_LEN};
 use crate::stats::{add, DropReason, PairCounters};
 use crate::virtq::{Access, BadChain, ChainError, RingCache, Segment, SplitRing};
 use crate::warn_ratelimited;
@@ -85,10 +85,14 @@ pub struct QueuePair {
     polling: bool,
     tx_scratch: TxScratch,
     tx_batch: Vec<Frame>,
+    /// Frames of the TX batch for this pair's own RX queue (see `Attachment::transmit`).
+    tx_own: Vec<Frame>,
     forward: ForwardScratch,
     /// Frames adapted for this guest, waiting for its buffers.
     rx_stage: RxStage,
     rx_scratch: RxScratch,
+    /// Frames delivered in this RX pass, returned to the pool together at its end.
+    rx_spent: Vec<Frame>,
     tap_watched: bool,
     /// Poll passes that found nothing for the RX queue.
     idle_polls: u32,
@@ -145,9 +149,11 @@ impl QueuePair {
             polling,
             tx_scratch: TxScratch::default(),
             tx_batch: Vec::with_capacity(BATCH),
+            tx_own: Vec::with_capacity(BATCH),
             forward: ForwardScratch::default(),
             rx_stage: RxStage::default(),
             rx_scratch: RxScratch::default(),
+            rx_spent: Vec::with_capacity(BATCH),
             tap_watched: false,
             idle_polls: 0,
             spin: SPIN_MIN,
@@ -192,11 +198,11 @@ impl QueuePair {
         let mut found = false;
         let mut looks = 0u32;
         loop {
-            let rx_waiting = !self.port.egress[self.index].is_empty() || !self.rx_stage.is_empty();
+            let rx_waiting = self.rx_waiting();
             if self.tx_ring.has_available() || rx_waiting {
                 let before = self.moved();
                 self.process_tx(tx);
-                if rx_waiting || !self.port.egress[self.index].is_empty() {
+                if rx_waiting || self.rx_waiting() {
                     self.process_rx(rx, tap_watch);
                 }
                 if self.moved() != before {
@@ -250,7 +256,7 @@ impl QueuePair {
             }
             self.process_tx(tx);
             // What a loopback port sent itself goes in now (nobody wakes this pair for it).
-            if !self.port.egress[self.index].is_empty() {
+            if self.rx_waiting() {
                 self.process_rx(rx, tap_watch);
             }
         }
@@ -320,11 +326,34 @@ impl QueuePair {
                 &self.port,
                 self.index,
                 &mut self.tx_batch,
+                &mut self.tx_own,
                 &self.pool,
                 &mut self.forward,
             );
+            self.take_own();
         }
         more
+    }
+
+    /// Frames this pair sent to its own RX queue go into its RX stage, as far as the egress
+    /// queue they skipped would have taken them.
+    fn take_own(&mut self) {
+        for frame in self.tx_own.drain(..) {
+            if self.rx_stage.len() < EGRESS_QUEUE_LEN {
+                self.rx_stage.hand_over(frame);
+            } else {
+                self.port
+                    .counters
+                    .pair(self.index)
+                    .drop(DropReason::RxNoBuffer);
+                self.pool.put(frame);
+            }
+        }
+    }
+
+    /// Frames wait for this pair's RX queue (in its egress queue or its RX stage).
+    pub fn rx_waiting(&self) -> bool {
+        !self.port.egress[self.index].is_empty() || !self.rx_stage.is_empty()
     }
 
     /// Poll mode: TX and RX passes over this pair with its two rings locked once, until
@@ -425,7 +454,7 @@ impl QueuePair {
                     totals.packets += 1;
                     totals.bytes += frame.data.len() as u64;
                     totals.gso += (frame.header.gso_type != 0) as u64;
-                    self.pool.put(frame);
+                    self.rx_spent.push(frame);
                     unsignalled += 1;
                     if unsignalled >= BATCH {
                         signal_rx(ring, state, counters);
@@ -475,6 +504,7 @@ impl QueuePair {
         // Entries of dropped frames (bad chains) are published too.
         signal_rx(ring, state, counters);
         self.rx_ring.end(state.get_queue_mut());
+        self.pool.put_many(&mut self.rx_spent);
         add(&counters.rx_packets, totals.packets);
         add(&counters.rx_bytes, totals.bytes);
         add(&counters.rx_gso, totals.gso);

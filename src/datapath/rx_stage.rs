@@ -22,6 +22,9 @@ use crate::wire::IpVersion;
 const LRO_FLOWS: usize = 8;
 
 pub struct RxStage {
+    /// Frames handed over by this queue pair's own TX (a loopback port), not adapted yet:
+    /// the first source of the next batch.
+    inbox: VecDeque<Frame>,
     /// Adapted frames waiting for guest buffers, in delivery order.
     ready: VecDeque<Frame>,
     /// Scratch for `adapt_for` and the coalescer (no allocation per frame).
@@ -33,6 +36,7 @@ pub struct RxStage {
 impl Default for RxStage {
     fn default() -> Self {
         RxStage {
+            inbox: VecDeque::with_capacity(BATCH),
             ready: VecDeque::with_capacity(2 * BATCH),
             adapted: Vec::with_capacity(BATCH),
             merged: Vec::with_capacity(BATCH),
@@ -62,7 +66,17 @@ impl RxStage {
 
     /// No frame waits here (the coalescer holds none between batches).
     pub fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.coalescer.held() == 0
+        self.ready.is_empty() && self.inbox.is_empty() && self.coalescer.held() == 0
+    }
+
+    /// Frames waiting here (adapted or not).
+    pub fn len(&self) -> usize {
+        self.ready.len() + self.inbox.len() + self.coalescer.held()
+    }
+
+    /// Takes a frame handed over without a queue (see `inbox`).
+    pub fn hand_over(&mut self, frame: Frame) {
+        self.inbox.push_back(frame);
     }
 
     /// A frame that found no guest buffers goes back to the front.
@@ -74,6 +88,7 @@ impl RxStage {
     pub fn take_all(&mut self) -> impl Iterator<Item = Frame> + '_ {
         self.coalescer.flush(&mut self.merged);
         self.ready.extend(self.merged.drain(..));
+        self.ready.extend(self.inbox.drain(..));
         self.ready.drain(..)
     }
 
@@ -90,7 +105,11 @@ impl RxStage {
         let lro = caps.takes_tso(IpVersion::V4) || caps.takes_tso(IpVersion::V6);
         let (mut pushed, mut emitted) = (0u64, 0u64);
         for _ in 0..BATCH {
-            let Some(frame) = next_source_frame(port, tap, pair, pool, tap_max) else {
+            let Some(frame) = self
+                .inbox
+                .pop_front()
+                .or_else(|| next_source_frame(port, tap, pair, pool, tap_max))
+            else {
                 break;
             };
             // Nothing to adapt in a frame without offload state, and no LRO to offer it to:

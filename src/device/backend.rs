@@ -318,8 +318,8 @@ impl VhostUserBackend for PortBackend {
             add(&counters.tx_kicks, 1);
             pair.process_tx(tx);
             // Frames this pass sent to its own RX queue (a loopback port) go in now, without
-            // a wake-up through the eventfd and epoll (the attachment did not send one).
-            if !self.inner.port.egress[thread_id].is_empty() {
+            // a wake-up through the eventfd and epoll (they were handed over, not queued).
+            if pair.rx_waiting() {
                 pair.process_rx(rx, self);
             }
         } else if token == self.egress_token() {

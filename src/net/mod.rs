@@ -36,12 +36,15 @@ impl Attachment {
     }
 
     /// Sends a batch the guest transmitted on queue pair `pair` of `port`. Empties `batch`;
-    /// every frame ends up delivered, queued, or dropped and counted, and back in `pool`.
+    /// every frame ends up delivered, queued, or dropped and counted, and back in `pool`, or
+    /// in `own`: the frames for the sending pair's own RX queue, which a loopback port hands
+    /// straight back to its caller (the same thread serves that queue next; no queue between).
     pub fn transmit(
         &self,
         port: &Port,
         pair: usize,
         batch: &mut Vec<Frame>,
+        own: &mut Vec<Frame>,
         pool: &FramePool,
         scratch: &mut ForwardScratch,
     ) {
@@ -50,11 +53,13 @@ impl Attachment {
             Attachment::Loopback => {
                 let mut wake = 0;
                 for frame in batch.drain(..) {
-                    port.enqueue(frame, pool, &mut wake);
+                    match port.steer(&frame) {
+                        Some(q) if q == pair => own.push(frame),
+                        Some(q) => port.enqueue_to(q, frame, pool, &mut wake),
+                        None => port.drop_unsteered(frame, pool),
+                    }
                 }
-                // The sending pair delivers to its own RX queue right after this pass (same
-                // thread): only the others need waking.
-                port.wake(wake & !(1 << pair));
+                port.wake(wake);
             }
             Attachment::Tap(tap) => {
                 let counters = port.counters.pair(pair);

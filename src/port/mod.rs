@@ -144,20 +144,40 @@ impl Port {
     /// in `wake` so the caller wakes it once for the whole batch (see [`Port::wake`]).
     #[inline]
     pub fn enqueue(&self, frame: Frame, pool: &FramePool, wake: &mut u32) {
+        match self.steer(&frame) {
+            Some(q) => self.enqueue_to(q, frame, pool, wake),
+            None => self.drop_unsteered(frame, pool),
+        }
+    }
+
+    /// The RX queue `frame` is steered to among the enabled ones; None if none is.
+    #[inline]
+    pub fn steer(&self, frame: &Frame) -> Option<usize> {
         let enabled = self.rx_enabled.load(Ordering::Acquire);
-        match self.steering.select(&frame, enabled) {
-            Some(q) => match self.egress[q].frames.push(frame) {
-                Ok(()) => *wake |= 1 << q,
-                Err(frame) => {
-                    self.counters.pair(q).drop(DropReason::RxNoBuffer);
-                    pool.put(frame);
-                }
-            },
-            None => {
-                self.counters.pair(0).drop(DropReason::PortDown);
+        // One queue enabled: nothing to choose (and no call through the policy per frame).
+        if enabled.is_power_of_two() {
+            Some(enabled.trailing_zeros() as usize)
+        } else {
+            self.steering.select(frame, enabled)
+        }
+    }
+
+    /// Queues `frame` for RX queue `q` (see [`Port::enqueue`]).
+    #[inline]
+    pub fn enqueue_to(&self, q: usize, frame: Frame, pool: &FramePool, wake: &mut u32) {
+        match self.egress[q].frames.push(frame) {
+            Ok(()) => *wake |= 1 << q,
+            Err(frame) => {
+                self.counters.pair(q).drop(DropReason::RxNoBuffer);
                 pool.put(frame);
             }
         }
+    }
+
+    /// Drops (and counts) a frame for this port while no RX queue is enabled.
+    pub fn drop_unsteered(&self, frame: Frame, pool: &FramePool) {
+        self.counters.pair(0).drop(DropReason::PortDown);
+        pool.put(frame);
     }
 
     /// Adapts `frame` for a destination of queue pair `pair` of this port (its guest's RX queue

@@ -205,6 +205,21 @@ unsafe fn copy_from_guest_raw(
 /// Returns the bytes written (less than the parts' total if the segments are too short).
 #[inline]
 pub fn copy_to_guest(segs: &[Segment], parts: &[&[u8]]) -> usize {
+    if let [s] = segs {
+        // The usual RX chain: one buffer, large enough for everything.
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= s.len as usize {
+            let mut at = s.host;
+            for part in parts {
+                // SAFETY: as below; the parts fit in `s` (checked above).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+                    at = at.add(part.len());
+                }
+            }
+            return total;
+        }
+    }
     let mut written = 0;
     let mut seg = 0;
     let mut off = 0usize;

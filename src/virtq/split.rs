@@ -251,15 +251,20 @@ impl SplitRing {
     /// one, with length 0 ([`SplitRing::push_used`]). An `AvailIndexJump` comes back once per
     /// bogus index (then nothing is available until the driver moves it): the caller stops
     /// popping for this pass.
+    #[inline]
     pub fn pop(
         &mut self,
         access: Access,
         segs: &mut Vec<Segment>,
     ) -> Option<Result<PoppedChain, BadChain>> {
-        match self.available() {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(error) => return Some(Err(BadChain { head: None, error })),
+        // Chains left from the last read of `avail.idx` need no look at it (it was checked
+        // then, and nothing since can have moved `next_avail` past it).
+        if self.avail_seen == self.next_avail {
+            match self.available() {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(error) => return Some(Err(BadChain { head: None, error })),
+            }
         }
         let slot = (self.next_avail & (self.size() - 1)) as usize;
         let head = u16::from_le(self.avail_field(2 + slot).load(Ordering::Relaxed));
@@ -269,7 +274,37 @@ impl SplitRing {
             return Some(Err(BadChain { head: None, error }));
         }
         let mark = segs.len();
-        Some(match self.walk(head, access, segs) {
+        let d = self.read_desc(self.desc, head);
+        let want = match access {
+            Access::Write => VRING_DESC_F_WRITE as u16,
+            Access::Read => 0,
+        };
+        // The usual chain, one buffer of the right kind inside one region: straight through.
+        let kind = VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
+        if d.flags & kind as u16 == want && d.len != 0 {
+            if let Some(host) = self.regions.host_range(d.addr, d.len as u64) {
+                segs.push(Segment { host, len: d.len });
+                return Some(Ok(PoppedChain {
+                    head,
+                    segs: (mark, mark + 1),
+                    bytes: d.len,
+                }));
+            }
+        }
+        Some(self.pop_chain(head, d, access, segs, mark))
+    }
+
+    /// The rest of [`SplitRing::pop`]: chain `head`, whose first descriptor is `first`.
+    #[inline(never)]
+    fn pop_chain(
+        &self,
+        head: u16,
+        first: Desc,
+        access: Access,
+        segs: &mut Vec<Segment>,
+        mark: usize,
+    ) -> Result<PoppedChain, BadChain> {
+        match self.walk(first, access, segs) {
             Ok(bytes) => Ok(PoppedChain {
                 head,
                 segs: (mark, segs.len()),
@@ -282,7 +317,7 @@ impl SplitRing {
                     error,
                 })
             }
-        })
+        }
     }
 
     /// Puts back the last `n` chains popped in this pass (not yet completed): they will be
@@ -291,26 +326,21 @@ impl SplitRing {
         self.next_avail = self.next_avail.wrapping_sub(n);
     }
 
-    /// Follows chain `head`, descriptor by descriptor (at most a table's worth: a loop ends
-    /// there), through at most one indirect table. Returns the chain's total length.
-    #[inline]
-    fn walk(&self, head: u16, access: Access, segs: &mut Vec<Segment>) -> Result<u32, ChainError> {
-        let mut d = self.read_desc(self.desc, head);
+    /// Follows a chain from its first descriptor `first` (read from the ring's table), one
+    /// descriptor after the other (at most a table's worth: a loop ends there), through at most
+    /// one indirect table. Returns the chain's total length.
+    fn walk(
+        &self,
+        first: Desc,
+        access: Access,
+        segs: &mut Vec<Segment>,
+    ) -> Result<u32, ChainError> {
+        let mut d = first;
         let want = if access == Access::Write {
             VRING_DESC_F_WRITE as u16
         } else {
             0
         };
-        // The usual chain, one plain buffer, straight through.
-        if d.flags & (VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT) as u16 == 0 {
-            if d.flags & VRING_DESC_F_WRITE as u16 != want {
-                return Err(ChainError::WrongDirection);
-            }
-            if !self.regions.push_segments(d.addr, d.len, segs) {
-                return Err(ChainError::OutsideMemory);
-            }
-            return Ok(d.len);
-        }
         let mut table = self.desc;
         let mut table_len = self.size();
         // Descriptors this table may still give (the head was one).
