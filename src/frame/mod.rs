@@ -123,6 +123,15 @@ impl Frame {
     }
 }
 
+/// A recycled frame as a new one: no data, no offload state, not parsed (its buffer kept).
+#[inline]
+fn emptied(mut f: Frame) -> Frame {
+    f.data.clear();
+    f.header = NetHeader::default();
+    f.meta = FrameMeta::default();
+    f
+}
+
 /// Small frames a datapath thread keeps for itself in front of the shared pool.
 const LOCAL_FRAMES: usize = 128;
 
@@ -164,21 +173,15 @@ impl FramePool {
     /// An empty frame.
     #[inline]
     pub fn get(&self) -> Frame {
-        if let Some(mut f) = LOCAL.with_borrow_mut(|l| l.as_mut().and_then(Vec::pop)) {
-            f.data.clear();
-            f.header = NetHeader::default();
-            f.meta = FrameMeta::default();
-            return f;
+        if let Some(f) = LOCAL.with_borrow_mut(|l| l.as_mut().and_then(Vec::pop)) {
+            return emptied(f);
         }
         match self.free.pop() {
-            Some(mut f) => {
+            Some(f) => {
                 if f.data.capacity() > LARGE {
                     self.parked_large.fetch_sub(1, Ordering::Relaxed);
                 }
-                f.data.clear();
-                f.header = NetHeader::default();
-                f.meta = FrameMeta::default();
-                f
+                emptied(f)
             }
             None => Frame::new(),
         }
@@ -191,12 +194,7 @@ impl FramePool {
         LOCAL.with_borrow_mut(|l| {
             if let Some(l) = l {
                 let take = n.min(l.len());
-                out.extend(l.drain(l.len() - take..).map(|mut f| {
-                    f.data.clear();
-                    f.header = NetHeader::default();
-                    f.meta = FrameMeta::default();
-                    f
-                }));
+                out.extend(l.drain(l.len() - take..).map(emptied));
             }
         });
         while out.len() < target {
@@ -237,8 +235,8 @@ impl FramePool {
         self.park(frame, large);
     }
 
-    /// Returns every frame of `frames` (emptied) with one look at the thread's cache: for the
-    /// frames a burst is done with.
+    /// Returns every frame of `frames` (leaving it empty) with one look at the thread's cache:
+    /// for the frames a burst is done with.
     pub fn put_many(&self, frames: &mut Vec<Frame>) {
         if frames.is_empty() {
             return;
