@@ -77,6 +77,15 @@ pub struct SplitRing {
 // a ring is used by one thread at a time (its worker holds the vring lock around each pass).
 unsafe impl Send for SplitRing {}
 
+/// The `VRING_DESC_F_WRITE` bit every buffer of a chain for `access` must have (or not).
+#[inline]
+fn write_flag(access: Access) -> u16 {
+    match access {
+        Access::Write => VRING_DESC_F_WRITE as u16,
+        Access::Read => 0,
+    }
+}
+
 /// `size` must be a power of two no larger than 32768 (virtio 1.x, 2.7).
 fn valid_size(size: u16) -> bool {
     size != 0 && size.is_power_of_two() && size <= 32768
@@ -275,10 +284,7 @@ impl SplitRing {
         }
         let mark = segs.len();
         let d = self.read_desc(self.desc, head);
-        let want = match access {
-            Access::Write => VRING_DESC_F_WRITE as u16,
-            Access::Read => 0,
-        };
+        let want = write_flag(access);
         // The usual chain, one buffer of the right kind inside one region: straight through.
         let kind = VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
         if d.flags & kind as u16 == want && d.len != 0 {
@@ -336,11 +342,7 @@ impl SplitRing {
         segs: &mut Vec<Segment>,
     ) -> Result<u32, ChainError> {
         let mut d = first;
-        let want = if access == Access::Write {
-            VRING_DESC_F_WRITE as u16
-        } else {
-            0
-        };
+        let want = write_flag(access);
         let mut table = self.desc;
         let mut table_len = self.size();
         // Descriptors this table may still give (the head was one).
