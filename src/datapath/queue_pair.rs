@@ -440,6 +440,7 @@ impl QueuePair {
             neg.tap_max_frame,
         ) {
             let mut hdr = frame.header.to_bytes();
+            ring.prefetch(RX_PREFETCH_AHEAD);
             let outcome = deliver_frame(
                 ring,
                 &mut hdr,
@@ -580,6 +581,14 @@ struct TxScratch {
     stash: Vec<Frame>,
 }
 
+/// How many chains past the next one a TX burst starts loading a buffer (see
+/// [`SplitRing::prefetch`]): the next one, while the frame just popped is copied and checked.
+/// (1 and 2 measured no better.)
+const TX_PREFETCH_AHEAD: u16 = 0;
+/// The same for RX, where the next chain is popped by the delivery that follows the prefetch:
+/// the one after it.
+const RX_PREFETCH_AHEAD: u16 = 1;
+
 /// Takes up to [`BATCH`] chains from TX ring `ring` of queue pair `pair` of `port`: each is
 /// copied into a frame, checked, and completed (length 0) on the used ring, not yet published.
 /// Good frames go to `batch`. Returns the chains taken.
@@ -616,6 +625,7 @@ fn tx_burst(
             Some(popped) => popped,
         };
         taken += 1;
+        ring.prefetch(TX_PREFETCH_AHEAD);
         let (head, result) = match popped {
             Ok(chain) => {
                 if stash.is_empty() {

@@ -148,11 +148,8 @@ impl FrameMeta {
         self.l3_off = L3 as u16;
         self.l4_off = L4 as u16;
         self.pseudo_dst = (L3 + 16) as u16;
-        // The addresses as two 4-byte reads: the frame was just copied in with 32-byte
-        // stores, and an 8-byte read across two of them cannot be forwarded from them.
-        let addr = |at: usize| u32::from_be_bytes(*head[at..].first_chunk::<4>().expect("4 bytes"));
         let mut h = Fnv64::new();
-        h.word(u64::from(addr(L3 + 12)) << 32 | u64::from(addr(L3 + 16)));
+        h.word(ipv4_addresses(data));
         self.flow_hash = h.finish_with(proto, ports);
         true
     }
@@ -428,6 +425,25 @@ impl FrameMeta {
                 .map(|u| (u.src_port(), u.dst_port())),
             _ => None,
         }
+    }
+}
+
+/// The source and destination addresses of an untagged IPv4 frame (bytes 26..34), as one
+/// big-endian word. Read as the two 8-byte words at offsets 24 and 32 where the frame has them:
+/// the frame was just copied in, and a load is forwarded from the copy's stores (rather than
+/// waiting for them to reach the cache) only if one store holds all of it; the copy stores the
+/// frame's first 64 bytes in aligned 8-, 16- or 32-byte pieces (`split_from_guest`), which hold
+/// these two words, not the 4-byte addresses at 26 and 30.
+#[inline(always)]
+fn ipv4_addresses(data: &[u8]) -> u64 {
+    let word = |at: usize| {
+        data[at..]
+            .first_chunk::<8>()
+            .map(|w| u64::from_be_bytes(*w))
+    };
+    match (word(24), word(32)) {
+        (Some(a), Some(b)) => (a << 16) | (b >> 48),
+        _ => u64::from_be_bytes(*data[26..].first_chunk::<8>().expect("an IPv4 header")),
     }
 }
 
