@@ -191,12 +191,48 @@ pub fn split_from_guest<const N: usize>(seg: Segment, head: &mut [u8; N], data: 
                 dst as *mut [u8; FIRST],
                 std::ptr::read_unaligned(src as *const [u8; FIRST]),
             );
-            std::ptr::copy_nonoverlapping(src.add(FIRST), dst.add(FIRST), rest - FIRST);
+            copy_chunks(src.add(FIRST), dst.add(FIRST), rest - FIRST);
         } else {
             std::ptr::copy_nonoverlapping(src, dst, rest);
         }
         data.set_len(start + rest);
     }
+}
+
+/// Copies `len` bytes from `src` to `dst` in 64-byte chunks of 16-byte moves, the rest with
+/// `copy_nonoverlapping`: the TX copy of a frame out of guest memory.
+///
+/// Why not `copy_nonoverlapping` (glibc's memcpy) for all of it: on the AMD Zen 1 machines
+/// vnic is measured on, glibc picks 32-byte AVX2 moves with the stores aligned, so with a
+/// 64-aligned source (DPDK's mbufs) and a 16-aligned destination (our frame buffers) every
+/// other load straddles two cache lines. Copying 1488 bytes out of an L3-resident buffer took
+/// 110 ns with glibc's and 98 ns with these, whatever the destination's alignment; at 1500 B
+/// the sink ran 3-4 % faster in its fast spells. (RX, into guest buffers, measured no better.)
+///
+/// SAFETY: as `copy_nonoverlapping`.
+#[inline]
+unsafe fn copy_chunks(src: *const u8, dst: *mut u8, len: usize) {
+    let mut at = 0;
+    while at + 64 <= len {
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
+            let s = src.add(at) as *const __m128i;
+            let d = dst.add(at) as *mut __m128i;
+            let (a, b, c, e) = (
+                _mm_loadu_si128(s),
+                _mm_loadu_si128(s.add(1)),
+                _mm_loadu_si128(s.add(2)),
+                _mm_loadu_si128(s.add(3)),
+            );
+            _mm_storeu_si128(d, a);
+            _mm_storeu_si128(d.add(1), b);
+            _mm_storeu_si128(d.add(2), c);
+            _mm_storeu_si128(d.add(3), e);
+        }
+        at += 64;
+    }
+    unsafe { std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), len - at) };
 }
 
 /// SAFETY: `dst` must be valid for `cap` bytes of writes.
