@@ -6,6 +6,7 @@
 //! are driven through the ring layer ([`crate::virtq`]) a burst at a time: one `avail.idx`
 //! read, one `used.idx` store and one interrupt decision per burst, counters added per burst.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,6 +102,29 @@ pub struct QueuePair {
     /// Event mode: the TX ring asks the driver for kicks again (a TX pass turns them off; they
     /// stay off while the worker keeps looking, and [`QueuePair::finish_tx`] turns them on).
     tx_armed: bool,
+    /// The call eventfd of the RX and TX rings at the last pass (see [`CallWatch`]).
+    rx_call: CallWatch,
+    tx_call: CallWatch,
+}
+
+/// Which call eventfd a ring had when its pair last looked.
+///
+/// A frontend may set a ring's call eventfd after the ring started (QEMU sends
+/// `SET_VRING_CALL` after the kick) or replace it; an interrupt signalled before that went
+/// nowhere, and a driver still waiting for it (with EVENT_IDX it asked for one at an index the
+/// device has passed since) would wait forever. So the first pass after the eventfd changed
+/// signals once: at worst a spurious interrupt, which drivers must tolerate.
+#[derive(Default)]
+struct CallWatch(Option<i32>);
+
+impl CallWatch {
+    /// Whether `state`'s call eventfd is a new one since an earlier look (not the first).
+    #[inline]
+    fn changed(&mut self, state: &VringState<GuestMemAtomic>) -> bool {
+        let fd = state.get_call().as_ref().map_or(-1, |c| c.as_raw_fd());
+        let before = self.0.replace(fd);
+        before.is_some_and(|b| b != fd) && fd >= 0
+    }
 }
 
 /// Event mode's spin after a pass that moved frames: between these, doubled when it found more
@@ -158,6 +182,8 @@ impl QueuePair {
             idle_polls: 0,
             spin: SPIN_MIN,
             tx_armed: true,
+            rx_call: CallWatch::default(),
+            tx_call: CallWatch::default(),
         }
     }
 
@@ -301,6 +327,10 @@ impl QueuePair {
             }
         };
         ring.suppress_kicks();
+        if self.tx_call.changed(state) {
+            let _ = state.signal_used_queue();
+            add(&self.port.counters.pair(self.index).tx_interrupts, 1);
+        }
         self.tx_armed = self.polling;
         let taken = tx_burst(
             ring,
@@ -429,6 +459,10 @@ impl QueuePair {
         };
         ring.suppress_kicks();
         let counters = self.port.counters.pair(self.index);
+        if self.rx_call.changed(state) {
+            let _ = state.signal_used_queue();
+            add(&counters.rx_interrupts, 1);
+        }
         let mut totals = BurstTotals::default();
         let mut unsignalled = 0;
         while let Some(mut frame) = self.rx_stage.next(

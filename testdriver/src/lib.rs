@@ -580,6 +580,15 @@ impl TestGuest {
         self.queue(queue_index).poll_interrupts()
     }
 
+    /// Gives queue `queue_index` a new call eventfd (`SET_VRING_CALL`), as QEMU does when it
+    /// sets up or changes its interrupt routing; [`TestGuest::interrupts`] reads the new one.
+    pub fn renew_call_fd(&mut self, queue_index: u16) -> io::Result<()> {
+        let fd = self.queue(queue_index).renew_call_fd()?.try_clone()?;
+        self.frontend
+            .set_vring_call(queue_index as usize, &fd)
+            .map_err(vhost_err("SET_VRING_CALL"))
+    }
+
     /// Kicks sent on queue `queue_index` so far.
     pub fn kicks(&mut self, queue_index: u16) -> u64 {
         self.queue(queue_index).kicks()

@@ -301,6 +301,14 @@ impl DriverQueue {
         &self.call
     }
 
+    /// Replaces the call eventfd with a new one (the caller sends it with `SET_VRING_CALL`);
+    /// interrupts on the old one are counted first and no longer seen after.
+    pub fn renew_call_fd(&mut self) -> io::Result<&EventFd> {
+        self.poll_interrupts();
+        self.call = EventFd::new(EFD_NONBLOCK)?;
+        Ok(&self.call)
+    }
+
     /// In strict mode (the default) a device protocol violation seen by the managed side (a used
     /// id that is not an in-flight head, more pending used entries than the ring holds) panics
     /// with a description. Otherwise it is counted in [`DriverQueue::violations`] and skipped.
