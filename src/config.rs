@@ -52,6 +52,8 @@ pub struct PortConfig {
     pub offloads: u64,
     /// For `attach=tap:`: enable the tap's checksum and segmentation offloads.
     pub tap_offloads: bool,
+    /// The EtherType of Open-MX frames on this port (`omx_ethertype=`, 0x86DF by default).
+    pub omx_ethertype: u16,
 }
 
 impl PortConfig {
@@ -65,7 +67,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -81,6 +83,7 @@ impl FromStr for PortConfig {
         let mut pcap_snaplen = crate::capture::SNAPLEN;
         let mut offloads = features::ALL_OFFLOADS;
         let mut tap_offloads = true;
+        let mut omx_ethertype = crate::wire::openmx::DEFAULT_ETHERTYPE;
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -131,6 +134,7 @@ impl FromStr for PortConfig {
                     );
                 }
                 "tap_offloads" => tap_offloads = parse_on_off(key, value)?,
+                "omx_ethertype" => omx_ethertype = parse_ethertype(key, value)?,
                 "pcap_snaplen" => {
                     pcap_snaplen =
                         parse_range(key, value, 64, crate::capture::SNAPLEN as u64)? as u32
@@ -165,6 +169,7 @@ impl FromStr for PortConfig {
             pcap_snaplen,
             offloads,
             tap_offloads,
+            omx_ethertype,
         })
     }
 }
@@ -175,6 +180,41 @@ fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
         "off" => Ok(false),
         _ => Err(format!("{key}={value}: expected on or off")),
     }
+}
+
+/// An EtherType in hex (`0x86df`) or decimal, one that is not a length (below 0x0600) and
+/// not one vnic parses as something else (IPv4, IPv6, ARP, VLAN tags).
+fn parse_ethertype(key: &str, value: &str) -> Result<u16, String> {
+    use crate::wire::ethernet::{
+        ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, TPID_8021AD, TPID_8021Q,
+    };
+    let n = match value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+    {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => value.parse::<u16>(),
+    }
+    .map_err(|_| format!("{key}={value}: expected an EtherType like 0x86df"))?;
+    if n < 0x0600 {
+        return Err(format!(
+            "{key}={value}: below 0x0600 is a length, not an EtherType"
+        ));
+    }
+    if [
+        ETHERTYPE_IPV4,
+        ETHERTYPE_IPV6,
+        ETHERTYPE_ARP,
+        TPID_8021Q,
+        TPID_8021AD,
+    ]
+    .contains(&n)
+    {
+        return Err(format!(
+            "{key}={value}: that EtherType is IPv4, IPv6, ARP or a VLAN tag"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_range(key: &str, value: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -288,6 +328,19 @@ mod tests {
         assert!(err("socket=/x,socket=/y").contains("given twice"));
         assert!(err("socket=/x,queues").contains("not key=value"));
         assert!(err("socket=/x,csum=maybe").contains("csum=maybe: expected on or off"));
+        assert!(err("socket=/x,omx_ethertype=0x5dc").contains("is a length"));
+        assert!(err("socket=/x,omx_ethertype=0x0800").contains("IPv4, IPv6, ARP or a VLAN"));
+        assert!(err("socket=/x,omx_ethertype=0x8100").contains("IPv4, IPv6, ARP or a VLAN"));
+        assert!(err("socket=/x,omx_ethertype=0x1ffff").contains("like 0x86df"));
+        assert!(err("socket=/x,omx_ethertype=omx").contains("like 0x86df"));
+    }
+
+    #[test]
+    fn openmx_ethertype_in_hex_or_decimal() {
+        let at = |s: &str| s.parse::<PortConfig>().unwrap().omx_ethertype;
+        assert_eq!(at("socket=/x"), 0x86df);
+        assert_eq!(at("socket=/x,omx_ethertype=0x88B6"), 0x88b6);
+        assert_eq!(at("socket=/x,omx_ethertype=34997"), 0x88b5);
     }
 
     #[test]

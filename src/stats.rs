@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
+use crate::frame::class::{Class, Proto, Transport};
 use crate::offload::OffloadError;
 
 /// Why a frame was dropped.
@@ -104,6 +105,8 @@ pub struct PairCounters {
     /// Frames vnic cut in software from the guest's jobs for the port's tap, whose offloads
     /// could not take them.
     pub tap_segments: AtomicU64,
+    /// Frames that entered here (from the guest, or from the port's tap) by class.
+    class: [AtomicU64; 4],
     drops: [AtomicU64; DropReason::COUNT],
     /// Offload refusals by precise reason (also counted under a [`DropReason`]).
     offload_drops: [AtomicU64; OffloadError::COUNT],
@@ -118,7 +121,33 @@ pub fn add(counter: &AtomicU64, n: u64) {
     }
 }
 
+/// Frames of one burst by class, added to a pair's counters once per burst.
+#[derive(Default)]
+pub struct ClassTotals([u64; 4]);
+
+impl ClassTotals {
+    #[inline]
+    pub fn count(&mut self, class: &Class) {
+        let slot = match class.transport {
+            Transport::Plain => return,
+            Transport::Homa(_) => 0,
+            Transport::OpenMx(_) => 1,
+            Transport::Malformed(Proto::Homa) => 2,
+            Transport::Malformed(Proto::OpenMx) => 3,
+        };
+        self.0[slot] += 1;
+    }
+}
+
 impl PairCounters {
+    /// Adds a burst's class totals.
+    #[inline]
+    pub fn add_classes(&self, totals: &ClassTotals) {
+        for (counter, n) in self.class.iter().zip(totals.0) {
+            add(counter, n);
+        }
+    }
+
     #[inline]
     pub fn drop(&self, reason: DropReason) {
         self.drops_n(reason, 1);
@@ -173,6 +202,12 @@ impl PairCounters {
                 rx_coalesced: ld(&self.rx_coalesced),
                 tap_segments: ld(&self.tap_segments),
             },
+            class: ClassSnapshot {
+                homa: ld(&self.class[0]),
+                openmx: ld(&self.class[1]),
+                malformed_homa: ld(&self.class[2]),
+                malformed_openmx: ld(&self.class[3]),
+            },
         }
     }
 }
@@ -223,6 +258,17 @@ pub struct OffloadSnapshot {
     pub tap_segments: u64,
 }
 
+/// Frames that entered a queue pair (from its guest or its tap) by what they are (see
+/// `frame::class`): Homa, Open-MX, and frames claiming to be one of them whose header is broken
+/// (handled as plain traffic).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClassSnapshot {
+    pub homa: u64,
+    pub openmx: u64,
+    pub malformed_homa: u64,
+    pub malformed_openmx: u64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PairSnapshot {
     pub index: u16,
@@ -231,6 +277,8 @@ pub struct PairSnapshot {
     pub tx: DirectionSnapshot,
     pub drops: BTreeMap<String, u64>,
     pub offload: OffloadSnapshot,
+    #[serde(default)]
+    pub class: ClassSnapshot,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -344,6 +392,20 @@ impl StatsSnapshot {
                     out,
                     "  offload: tx_gso={} rx_gso={} rx_segments={} rx_coalesced={} tap_segments={}",
                     o.tx_gso, o.rx_gso, o.rx_segments, o.rx_coalesced, o.tap_segments
+                );
+            }
+            let c = p.queues.iter().fold(ClassSnapshot::default(), |mut a, q| {
+                a.homa += q.class.homa;
+                a.openmx += q.class.openmx;
+                a.malformed_homa += q.class.malformed_homa;
+                a.malformed_openmx += q.class.malformed_openmx;
+                a
+            });
+            if c != ClassSnapshot::default() {
+                let _ = writeln!(
+                    out,
+                    "  classified: homa={} openmx={} malformed_homa={} malformed_openmx={}",
+                    c.homa, c.openmx, c.malformed_homa, c.malformed_openmx
                 );
             }
             let nonzero: Vec<String> = p

@@ -730,3 +730,46 @@ fn stopping_an_rx_ring_drops_and_counts_what_waited_for_it() {
     let s = net.port_stats(1);
     assert!(!s.queues[0].enabled && s.link_up);
 }
+
+/// Homa and Open-MX frames are recognised where they enter (the sender's TX queue) and counted
+/// by what they are, broken ones apart; all of them still cross the switch like any frame.
+/// Open-MX's EtherType is the port's `omx_ethertype`.
+#[test]
+fn homa_and_openmx_frames_are_classified_at_entry() {
+    let net = start(&["omx_ethertype=0x88b6", ""]);
+    let mut a = net.connect(0, GuestOptions::default());
+    let mut b = net.connect(1, GuestOptions::default());
+    let (to, from) = (mac(2), mac(1));
+    let v6 = HomaWire {
+        v6: true,
+        v6_dest_opts: true,
+        ..HomaWire::default()
+    };
+    let tcp = HomaWire {
+        over_tcp: true,
+        ..HomaWire::default()
+    };
+    let mut broken_homa = homa_frame(to, from, HomaWire::default(), HOMA_GRANT, 1, 0, 0);
+    broken_homa[14 + 20 + 11] = 0x42;
+    let frames = [
+        homa_frame(to, from, HomaWire::default(), HOMA_DATA, 1, 3000, 1400),
+        homa_frame(to, from, v6, HOMA_GRANT, 2, 0, 0),
+        homa_frame(to, from, tcp, HOMA_RESEND, 3, 0, 0),
+        broken_homa,
+        openmx_frame(to, from, 0x88b6, OMX_TINY, 3, None, 40),
+        openmx_frame(to, from, 0x88b6, 99, 3, None, 40),
+        // Open-MX's usual EtherType is not Open-MX on this port.
+        openmx_frame(to, from, OMX_ETHERTYPE, OMX_TINY, 3, None, 40),
+        tcp4(from, to, 1, &[0; 100], false),
+    ];
+    a.send(0, &frames.iter().map(|f| f.as_slice()).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(b.recv_wait(0, frames.len(), WAIT).len(), frames.len());
+    net.wait_stats("classified", |s| s.ports[0].queues[0].tx.packets == 8);
+    let c = net.port_stats(0).queues[0].class.clone();
+    assert_eq!(
+        (c.homa, c.openmx, c.malformed_homa, c.malformed_openmx),
+        (3, 1, 1, 1)
+    );
+    assert_eq!(net.port_stats(1).queues[0].class, Default::default());
+}

@@ -23,7 +23,7 @@ use crate::frame::{Frame, FramePool};
 use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
 use crate::port::{EgressQueue, Port, EGRESS_QUEUE_LEN};
-use crate::stats::{add, DropReason, PairCounters};
+use crate::stats::{add, ClassTotals, DropReason, PairCounters};
 use crate::virtq::{Access, BadChain, ChainError, RingCache, Segment, SplitRing};
 use crate::warn_ratelimited;
 
@@ -638,6 +638,7 @@ fn tx_burst(
     let TxScratch { segs, stash } = scratch;
     let counters = port.counters.pair(pair);
     let mut totals = BurstTotals::default();
+    let mut classes = ClassTotals::default();
     let mut taken = 0;
     while taken < BATCH {
         segs.clear();
@@ -681,6 +682,7 @@ fn tx_burst(
                         totals.packets += 1;
                         totals.bytes += frame.data.len() as u64;
                         totals.gso += (frame.header.gso_type != 0) as u64;
+                        classes.count(&frame.meta.class);
                         if let Some(capture) = &port.capture {
                             capture.record(&frame.data);
                         }
@@ -710,6 +712,7 @@ fn tx_burst(
     add(&counters.tx_packets, totals.packets);
     add(&counters.tx_bytes, totals.bytes);
     add(&counters.tx_gso, totals.gso);
+    counters.add_classes(&classes);
     taken
 }
 
@@ -732,7 +735,8 @@ fn check_tx_offload(
     }
     // The frame's headers, parsed once here at entry, for everything after.
     let buf = &mut **frame;
-    buf.meta.parse_into(&buf.data);
+    buf.meta
+        .parse_and_classify(&buf.data, port.config.omx_ethertype);
     validate_tx(frame, neg.tx_caps).map_err(|e| {
         port.counters
             .pair(pair)

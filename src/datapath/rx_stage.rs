@@ -14,7 +14,7 @@ use crate::frame::{Frame, FramePool};
 use crate::net::tap::Tap;
 use crate::offload::{Coalescer, RxCaps};
 use crate::port::Port;
-use crate::stats::add;
+use crate::stats::{add, ClassTotals};
 use crate::warn_ratelimited;
 use crate::wire::IpVersion;
 
@@ -165,7 +165,11 @@ fn next_source_frame(
     match tap.read_frame(pair, &mut frame, tap_max) {
         Ok(true) => {
             let buf = &mut *frame;
-            buf.meta.parse_into(&buf.data);
+            buf.meta
+                .parse_and_classify(&buf.data, port.config.omx_ethertype);
+            let mut classes = ClassTotals::default();
+            classes.count(&buf.meta.class);
+            port.counters.pair(pair).add_classes(&classes);
             Some(frame)
         }
         Ok(false) => {

@@ -13,6 +13,7 @@
 //! IDs, sequence numbers and checksums in place, append payload (LRO) or copy the headers into
 //! new frames (segmentation, which copies the meta too), none of which moves a header.
 
+use super::class::Class;
 use crate::wire::{ethernet, ip, ipv4, ipv6, tcp, udp, Error, IpVersion};
 
 /// What a frame's L3 is, as far as vnic looks.
@@ -30,8 +31,7 @@ pub enum L3 {
 }
 
 /// Where a frame's headers are and what they are (all offsets from the start of the frame),
-/// plus what vnic decided about it at entry (flow hash; room for a traffic class and a
-/// steering key). Small and `Copy`: it travels inside [`Frame`](super::Frame).
+/// plus what vnic decided about it at entry (flow hash, class; room for a steering key). Small and `Copy`: it travels inside [`Frame`](super::Frame).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameMeta {
     l3: L3,
@@ -52,8 +52,8 @@ pub struct FrameMeta {
     pseudo_dst: u16,
     /// Flow hash: addresses, protocol and TCP/UDP ports for IP; MACs and EtherType otherwise.
     pub flow_hash: u32,
-    /// Traffic class (strict-priority queues, later); 0 for now.
-    pub traffic_class: u8,
+    /// What the frame is for priority, steering and interrupts ([`Class::of`], at entry).
+    pub class: Class,
     /// Steering key for an RX steering policy other than the flow hash; 0 for now.
     pub steering_key: u32,
 }
@@ -75,6 +75,23 @@ impl FrameMeta {
         if !self.parse_plain_ipv4(data) {
             *self = Self::parse_any(data);
         }
+    }
+
+    /// [`FrameMeta::parse_into`], then the frame's [`Class`] (Open-MX frames being those of
+    /// `omx_ethertype`): what the datapath does where a frame enters.
+    #[inline]
+    pub fn parse_and_classify(&mut self, data: &[u8], omx_ethertype: u16) {
+        if self.parse_plain_ipv4(data) {
+            // Neither Homa nor TCP (which may be Homa over TCP): the class is the precedence,
+            // read while the header is at hand.
+            if !matches!(self.proto, ip::HOMA | ip::TCP) {
+                self.class.priority = data[ethernet::HEADER_LEN + 1] >> 5;
+                return;
+            }
+        } else {
+            *self = Self::parse_any(data);
+        }
+        self.class = Class::of(self, data, omx_ethertype);
     }
 
     /// Any frame: VLAN tags, IPv4 options and AH, IPv6 extension headers.
@@ -901,7 +918,7 @@ mod tests {
             // Whatever the meta held before (a reused frame's), the fast path leaves exactly
             // what the general one gives.
             let mut fast = FrameMeta::parse(&[0xff; 80]);
-            fast.traffic_class = 3;
+            fast.class.priority = 3;
             let taken = fast.parse_plain_ipv4(&d);
             prop_assert_eq!(taken, proto != ip::AUTH);
             if taken {

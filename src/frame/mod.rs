@@ -4,8 +4,11 @@
 //!   buffers so the steady-state datapath allocates nothing.
 //! - [`meta`]: a frame's headers (offsets, EtherType, VLAN tags, IP protocol) and flow hash,
 //!   parsed once where it enters vnic.
+//! - [`class`]: what a frame is for the priority classes and the Homa / Open-MX path
+//!   (decided once at entry, carried in the meta).
 //! - [`net_header`]: the virtio-net header that precedes every frame on a virtqueue.
 
+pub mod class;
 pub mod meta;
 pub mod net_header;
 
@@ -85,8 +88,8 @@ impl Frame {
     }
 
     /// The frame's metadata: as parsed at entry, or parsed now if nobody did (a frame built
-    /// outside the datapath). Parsing now finds the headers only; the flow hash, traffic class
-    /// and steering key stay what they were set to.
+    /// outside the datapath). Parsing now finds the headers only; the flow hash, class and
+    /// steering key stay what they were set to.
     #[inline]
     pub fn parsed_meta(&self) -> FrameMeta {
         if self.meta.is_parsed() {
@@ -94,7 +97,7 @@ impl Frame {
         }
         let mut meta = FrameMeta::parse(&self.data);
         meta.flow_hash = self.meta.flow_hash;
-        meta.traffic_class = self.meta.traffic_class;
+        meta.class = self.meta.class;
         meta.steering_key = self.meta.steering_key;
         meta
     }

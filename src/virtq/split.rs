@@ -260,7 +260,8 @@ impl SplitRing {
     /// one, with length 0 ([`SplitRing::push_used`]). An `AvailIndexJump` comes back once per
     /// bogus index (then nothing is available until the driver moves it): the caller stops
     /// popping for this pass.
-    #[inline]
+    // Always inline: it is most of a burst's loop, and the rare paths are in `pop_chain`.
+    #[inline(always)]
     pub fn pop(
         &mut self,
         access: Access,

@@ -1,5 +1,5 @@
 //! Typed, zero-copy views of the headers vnic reads and writes: Ethernet with its VLAN tags,
-//! IPv4, IPv6 with its extension headers, TCP, UDP, and the virtio-net header.
+//! IPv4, IPv6 with its extension headers, TCP, UDP, Homa, Open-MX, and the virtio-net header.
 //!
 //! Each view wraps a buffer (`Packet<T: AsRef<[u8]>>`, setters where `T: AsMut<[u8]>`) that
 //! starts at its header. `new_checked` refuses a buffer too short for the header or with a
@@ -39,8 +39,10 @@ macro_rules! view {
 }
 
 pub mod ethernet;
+pub mod homa;
 pub mod ipv4;
 pub mod ipv6;
+pub mod openmx;
 pub mod tcp;
 pub mod udp;
 pub mod virtio_net;

@@ -110,6 +110,132 @@ pub fn tso_job(mut frame: Vec<u8>, v6: bool, mss: u16) -> ([u8; 12], Vec<u8>) {
     (h, frame)
 }
 
+/// How a Homa test packet is carried (see [`homa_frame`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HomaWire {
+    pub v6: bool,
+    /// One 802.1Q tag (VLAN 7, PCP 0).
+    pub vlan: bool,
+    /// IPv6 only: a destination-options extension header before the Homa header.
+    pub v6_dest_opts: bool,
+    /// Sent TCP-shaped (IP protocol 6, Homa's flags and urgent pointer) instead of as 146.
+    pub over_tcp: bool,
+    /// The IP precedence (TOS / traffic class >> 5) Homa gives the packet.
+    pub precedence: u8,
+}
+
+/// Homa packet types (HomaModule).
+pub const HOMA_DATA: u8 = 0x10;
+pub const HOMA_GRANT: u8 = 0x11;
+pub const HOMA_RESEND: u8 = 0x12;
+
+/// A Homa packet of type `kind` for RPC `rpc_id`, laid out by hand from HomaModule's header
+/// (independently of vnic's `wire::homa`): DATA carries `payload` bytes of a message
+/// `message_length` long. Ports 4000 -> 99, from 10.0.0.1 (or fd00::1) to 10.0.0.2 (fd00::2).
+pub fn homa_frame(
+    dst: [u8; 6],
+    src: [u8; 6],
+    wire: HomaWire,
+    kind: u8,
+    rpc_id: u64,
+    message_length: u32,
+    payload: usize,
+) -> Vec<u8> {
+    let header_len = match kind {
+        0x10 => 56,
+        0x11 => 33,
+        0x12 => 37,
+        0x15 => 62,
+        0x18 => 80,
+        _ => 28,
+    };
+    let mut l4 = vec![0u8; header_len];
+    l4[0..2].copy_from_slice(&4000u16.to_be_bytes());
+    l4[2..4].copy_from_slice(&99u16.to_be_bytes());
+    l4[11] = kind;
+    l4[12] = if kind == 0x10 { 14 << 4 } else { 5 << 4 };
+    l4[13] = 0x06;
+    l4[18..20].copy_from_slice(&0xb97du16.to_be_bytes());
+    l4[20..28].copy_from_slice(&rpc_id.to_be_bytes());
+    if kind == 0x10 {
+        l4[28..32].copy_from_slice(&message_length.to_be_bytes());
+        l4[52..56].copy_from_slice(&u32::MAX.to_be_bytes());
+    }
+    l4.extend((0..payload).map(|i| i as u8));
+    let proto = if wire.over_tcp { 6 } else { 146 };
+    let tos = wire.precedence << 5;
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    if wire.vlan {
+        f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    }
+    if wire.v6 {
+        let mut ext = Vec::new();
+        let mut first = proto;
+        if wire.v6_dest_opts {
+            ext = vec![proto, 0, 1, 4, 0, 0, 0, 0];
+            first = 60;
+        }
+        f.extend_from_slice(&[0x86, 0xdd, 0x60 | (tos >> 4), tos << 4, 0, 0]);
+        f.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[first, 64]);
+        f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&ext);
+    } else {
+        let mut ip = vec![0x45, tos];
+        ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        let c = !(ones_sum(&ip, 0) as u16);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&ip);
+    }
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// Open-MX's EtherType.
+pub const OMX_ETHERTYPE: u16 = 0x86df;
+/// Open-MX packet types (`omx_wire.h`).
+pub const OMX_TINY: u8 = 37;
+pub const OMX_MEDIUM_FRAG: u8 = 39;
+pub const OMX_PULL_REPLY: u8 = 42;
+
+/// An Open-MX frame of EtherType `ethertype`: packet type `ptype` for endpoint `dst_ep`
+/// (PULL_REPLY: in `dst_magic`), the header padded to `len` bytes after the EtherType. For a
+/// medium fragment, `medium` is (message length, fragment seqnum, pipeline, fragment length).
+pub fn openmx_frame(
+    dst: [u8; 6],
+    src: [u8; 6],
+    ethertype: u16,
+    ptype: u8,
+    dst_ep: u8,
+    medium: Option<(u32, u8, u8, u16)>,
+    len: usize,
+) -> Vec<u8> {
+    let mut h = vec![0u8; len.max(32)];
+    h[2] = ptype;
+    if ptype == OMX_PULL_REPLY {
+        h[14..18].copy_from_slice(&(u32::from(dst_ep) ^ 0x2107_1980).to_be_bytes());
+    } else {
+        h[3] = dst_ep;
+    }
+    if let Some((msg_len, seq, pipeline, frag_len)) = medium {
+        h[6..10].copy_from_slice(&msg_len.to_be_bytes());
+        h[26..28].copy_from_slice(&frag_len.to_be_bytes());
+        h[28] = seq;
+        h[29] = pipeline;
+    }
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(&h);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
