@@ -54,6 +54,45 @@ pub struct PortConfig {
     pub tap_offloads: bool,
     /// The EtherType of Open-MX frames on this port (`omx_ethertype=`, 0x86DF by default).
     pub omx_ethertype: u16,
+    /// How frames for this port are spread over its RX queues (`steer=`).
+    pub steer: SteerPolicy,
+}
+
+/// `steer=`: what a port spreads arriving frames over its RX queues by (`port::steering`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SteerPolicy {
+    /// The flow hash (addresses, protocol, TCP/UDP ports) for every frame.
+    Flow,
+    /// Homa by RPC id (one RPC on one queue, many RPCs spread), the rest by flow.
+    Homa,
+    /// Open-MX by destination endpoint (as Myri-10G firmware did), the rest by flow.
+    OpenMx,
+    /// By what the frame is: Homa by RPC id, Open-MX by endpoint, the rest by flow.
+    #[default]
+    Auto,
+}
+
+impl SteerPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            SteerPolicy::Flow => "flow",
+            SteerPolicy::Homa => "homa",
+            SteerPolicy::OpenMx => "omx",
+            SteerPolicy::Auto => "auto",
+        }
+    }
+
+    fn parse(key: &str, value: &str) -> Result<Self, String> {
+        [
+            SteerPolicy::Flow,
+            SteerPolicy::Homa,
+            SteerPolicy::OpenMx,
+            SteerPolicy::Auto,
+        ]
+        .into_iter()
+        .find(|p| p.name() == value)
+        .ok_or_else(|| format!("{key}={value}: expected flow, homa, omx or auto"))
+    }
 }
 
 impl PortConfig {
@@ -67,7 +106,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -84,6 +123,7 @@ impl FromStr for PortConfig {
         let mut offloads = features::ALL_OFFLOADS;
         let mut tap_offloads = true;
         let mut omx_ethertype = crate::wire::openmx::DEFAULT_ETHERTYPE;
+        let mut steer = SteerPolicy::default();
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -135,6 +175,7 @@ impl FromStr for PortConfig {
                 }
                 "tap_offloads" => tap_offloads = parse_on_off(key, value)?,
                 "omx_ethertype" => omx_ethertype = parse_ethertype(key, value)?,
+                "steer" => steer = SteerPolicy::parse(key, value)?,
                 "pcap_snaplen" => {
                     pcap_snaplen =
                         parse_range(key, value, 64, crate::capture::SNAPLEN as u64)? as u32
@@ -170,6 +211,7 @@ impl FromStr for PortConfig {
             offloads,
             tap_offloads,
             omx_ethertype,
+            steer,
         })
     }
 }
@@ -333,6 +375,7 @@ mod tests {
         assert!(err("socket=/x,omx_ethertype=0x8100").contains("IPv4, IPv6, ARP or a VLAN"));
         assert!(err("socket=/x,omx_ethertype=0x1ffff").contains("like 0x86df"));
         assert!(err("socket=/x,omx_ethertype=omx").contains("like 0x86df"));
+        assert!(err("socket=/x,steer=rss").contains("steer=rss: expected flow, homa, omx or auto"));
     }
 
     #[test]
@@ -341,6 +384,20 @@ mod tests {
         assert_eq!(at("socket=/x"), 0x86df);
         assert_eq!(at("socket=/x,omx_ethertype=0x88B6"), 0x88b6);
         assert_eq!(at("socket=/x,omx_ethertype=34997"), 0x88b5);
+    }
+
+    #[test]
+    fn steering_policies() {
+        let steer = |s: &str| s.parse::<PortConfig>().unwrap().steer;
+        assert_eq!(steer("socket=/x"), SteerPolicy::Auto);
+        for p in [
+            SteerPolicy::Flow,
+            SteerPolicy::Homa,
+            SteerPolicy::OpenMx,
+            SteerPolicy::Auto,
+        ] {
+            assert_eq!(steer(&format!("socket=/x,steer={}", p.name())), p);
+        }
     }
 
     #[test]

@@ -289,6 +289,9 @@ pub struct PortSnapshot {
     pub mtu: u16,
     pub speed_mbps: u32,
     pub attach: String,
+    /// The RX steering policy (`steer=`).
+    #[serde(default)]
+    pub steer: String,
     pub link_up: bool,
     pub connections: u64,
     pub features: u64,

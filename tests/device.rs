@@ -773,3 +773,57 @@ fn homa_and_openmx_frames_are_classified_at_entry() {
     );
     assert_eq!(net.port_stats(1).queues[0].class, Default::default());
 }
+
+/// `steer=auto` (the default): a 4-queue guest gets each Homa RPC's packets (GRANTs to the
+/// client, DATA from the server: ids 2k and 2k+1) on one queue, and many RPCs spread over all
+/// its queues; Open-MX endpoint e lands on queue e mod 4.
+#[test]
+fn homa_rpcs_and_openmx_endpoints_are_steered() {
+    let net = start(&["", "queues=4"]);
+    let mut a = net.connect(0, GuestOptions::default());
+    let mut b = net.connect(1, GuestOptions::with_pairs(4));
+    let (to, from) = (mac(2), mac(1));
+    let mut frames = Vec::new();
+    for rpc in 0..32u64 {
+        let w = HomaWire::default();
+        frames.push(homa_frame(to, from, w, HOMA_GRANT, 2 * rpc, 0, 0));
+        frames.push(homa_frame(to, from, w, HOMA_DATA, 2 * rpc + 1, 100, 100));
+    }
+    for ep in 0..8u8 {
+        frames.push(openmx_frame(
+            to,
+            from,
+            OMX_ETHERTYPE,
+            OMX_TINY,
+            ep,
+            None,
+            40,
+        ));
+    }
+    a.send(0, &frames.iter().map(|f| f.as_slice()).collect::<Vec<_>>())
+        .unwrap();
+    let total = frames.len() as u64;
+    net.wait_stats("all delivered", |s| {
+        s.ports[1].queues.iter().map(|q| q.rx.packets).sum::<u64>() == total
+    });
+    let mut rpc_queues: std::collections::HashMap<u64, HashSet<u16>> = Default::default();
+    for pair in 0..4u16 {
+        for f in b.recv_wait(pair, 1, WAIT) {
+            match f.data[12..14] {
+                [0x86, 0xdf] => assert_eq!(f.data[14 + 3] % 4, pair as u8, "endpoint on its queue"),
+                _ => {
+                    let id =
+                        u64::from_be_bytes(f.data[14 + 20 + 20..14 + 20 + 28].try_into().unwrap());
+                    rpc_queues.entry(id >> 1).or_default().insert(pair);
+                }
+            }
+        }
+    }
+    assert_eq!(rpc_queues.len(), 32, "every RPC arrived");
+    assert!(
+        rpc_queues.values().all(|q| q.len() == 1),
+        "one RPC, one queue: {rpc_queues:?}"
+    );
+    let used: HashSet<u16> = rpc_queues.values().flatten().copied().collect();
+    assert_eq!(used.len(), 4, "32 RPCs reach all 4 queues");
+}

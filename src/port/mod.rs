@@ -30,7 +30,6 @@ use crate::offload::{adapt_for, RxCaps};
 use crate::poller::PollSlot;
 use crate::stats::{add, DropReason, PortCounters, PortSnapshot};
 use crate::warn_ratelimited;
-use steering::{FlowHashSteering, RxSteering};
 
 /// Frames an RX queue can hold while its guest has no free buffers.
 pub const EGRESS_QUEUE_LEN: usize = 1024;
@@ -100,7 +99,6 @@ pub struct Port {
     pub polled: bool,
     /// With pollers: the slot of each queue pair (which poller serves it).
     pub poll_slots: Vec<Arc<PollSlot>>,
-    steering: Box<dyn RxSteering>,
     /// Bit i: RX queue of pair i is ready and enabled, as its worker last saw it.
     rx_enabled: AtomicU32,
     connected: AtomicBool,
@@ -127,7 +125,6 @@ impl Port {
             capture,
             polled,
             poll_slots,
-            steering: Box::new(FlowHashSteering),
             rx_enabled: AtomicU32::new(0),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
@@ -158,7 +155,7 @@ impl Port {
         if enabled.is_power_of_two() {
             Some(enabled.trailing_zeros() as usize)
         } else {
-            self.steering.select(frame, enabled)
+            steering::select(self.config.steer, frame, enabled)
         }
     }
 
@@ -271,6 +268,7 @@ impl Port {
             mtu: self.config.mtu,
             speed_mbps: self.config.speed,
             attach: self.config.attach.to_string(),
+            steer: self.config.steer.name().to_string(),
             link_up: self.is_connected(),
             connections: self.connections.load(Ordering::Relaxed),
             features,

@@ -6,7 +6,8 @@
 //!       COUNT GRANTs and COUNT single-packet DATA messages (IP protocol 146, a raw IPv4
 //!       socket: the kernel writes the IP header) with that IP precedence (0-7)
 //!   vnic-raw omx IFACE DST_MAC COUNT
-//!       COUNT Open-MX TINY packets for endpoint 3 (EtherType 0x86df, an AF_PACKET socket)
+//!       COUNT Open-MX TINY packets for endpoints 0, 1, 2, 3, 0, ... in turn (EtherType
+//!       0x86df, an AF_PACKET socket)
 //!
 //! Last line: "VNIC-RAW sent=N" (exit 0 only if every packet was sent).
 //!
@@ -46,8 +47,7 @@ struct SockaddrLl {
 extern "C" {
     fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
     fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, len: u32) -> i32;
-    fn sendto(fd: i32, buf: *const u8, len: usize, flags: i32, to: *const u8, tolen: u32)
-        -> isize;
+    fn sendto(fd: i32, buf: *const u8, len: usize, flags: i32, to: *const u8, tolen: u32) -> isize;
     fn if_nametoindex(name: *const i8) -> u32;
 }
 
@@ -98,7 +98,10 @@ fn homa(dst: &str, count: usize, precedence: u8) -> ExitCode {
         };
         let mut sent = 0;
         for i in 0..count as u64 {
-            for p in [homa_packet(0x11, 2 * i, 0), homa_packet(0x10, 2 * i + 1, 200)] {
+            for p in [
+                homa_packet(0x11, 2 * i, 0),
+                homa_packet(0x10, 2 * i + 1, 200),
+            ] {
                 let to_ptr = (&to as *const SockaddrIn).cast();
                 if sendto(fd, p.as_ptr(), p.len(), 0, to_ptr, 16) != p.len() as isize {
                     return fail("sendto");
@@ -150,12 +153,12 @@ fn omx(iface: &str, dst: &str, count: usize) -> ExitCode {
             halen: 6,
             addr,
         };
-        // TINY (37) for endpoint 3: ptype at 2, dst_ep at 3 (after the EtherType).
+        // TINY (37): ptype at 2, dst_ep at 3 (after the EtherType).
         let mut p = [0u8; 46];
         p[2] = 37;
-        p[3] = 3;
         let mut sent = 0;
-        for _ in 0..count {
+        for i in 0..count {
+            p[3] = (i % 4) as u8;
             let to_ptr = (&to as *const SockaddrLl).cast();
             let n = std::mem::size_of::<SockaddrLl>() as u32;
             if sendto(fd, p.as_ptr(), p.len(), 0, to_ptr, n) != p.len() as isize {
@@ -187,7 +190,9 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: vnic-raw homa DST_IP COUNT PRECEDENCE | vnic-raw omx IFACE DST_MAC COUNT");
+            eprintln!(
+                "usage: vnic-raw homa DST_IP COUNT PRECEDENCE | vnic-raw omx IFACE DST_MAC COUNT"
+            );
             ExitCode::FAILURE
         }
     }
