@@ -137,6 +137,11 @@ impl ClassTotals {
         };
         self.0[slot] += 1;
     }
+
+    /// Frames whose Homa or Open-MX header was broken.
+    pub fn malformed(&self) -> u64 {
+        self.0[2] + self.0[3]
+    }
 }
 
 impl PairCounters {

@@ -713,6 +713,13 @@ fn tx_burst(
     add(&counters.tx_bytes, totals.bytes);
     add(&counters.tx_gso, totals.gso);
     counters.add_classes(&classes);
+    if classes.malformed() > 0 {
+        warn_ratelimited!(
+            "port {} queue {pair}: {} TX frames with a broken Homa or Open-MX header (carried as plain traffic)",
+            port.name,
+            classes.malformed()
+        );
+    }
     taken
 }
 

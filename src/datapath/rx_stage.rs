@@ -170,6 +170,12 @@ fn next_source_frame(
             let mut classes = ClassTotals::default();
             classes.count(&buf.meta.class);
             port.counters.pair(pair).add_classes(&classes);
+            if classes.malformed() > 0 {
+                warn_ratelimited!(
+                    "port {}: a frame from the tap with a broken Homa or Open-MX header (carried as plain traffic)",
+                    port.name
+                );
+            }
             Some(frame)
         }
         Ok(false) => {

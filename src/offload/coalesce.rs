@@ -865,6 +865,20 @@ mod tests {
             assert_eq!(&o.data, d);
             assert_eq!(o.header, NetHeader::default());
         }
+        // Homa over TCP (its SYN|RST flags): never merged either.
+        let hijacked = Spec {
+            tcp_flags: TCP_SYN | TCP_RST,
+            ..Spec::default()
+        };
+        let mut run = Run::new(4);
+        let segs = train(&hijacked, 3, 500);
+        for d in &segs {
+            run.push(d.clone());
+        }
+        assert_eq!(run.out.len(), 3, "Homa over TCP is not merged");
+        for (o, d) in run.out.iter().zip(&segs) {
+            assert_eq!(&o.data, d);
+        }
         let mut run = Run::new(4);
         run.push(build_udp(&Spec::default(), b"x"));
         run.push_frame(tso_frame(
