@@ -424,6 +424,10 @@ fn a_new_call_eventfd_gets_an_interrupt_at_the_next_pass() {
     let mut b = net.connect(1, GuestOptions::default());
     a.send(0, &[&frame(mac(2), mac(1), 60, 1)]).unwrap();
     assert_eq!(b.recv_wait(0, 1, WAIT).len(), 1);
+    // The driver may see the interrupt a moment before the device counts it.
+    net.wait_stats("first interrupt counted", |s| {
+        s.ports[1].queues[0].rx.interrupts == 1
+    });
 
     // No interrupt is due (the guest parks used_event far away), but the eventfd is new.
     // (Counted before the change: a poller may look at the ring, and signal, at any time.)
@@ -440,7 +444,9 @@ fn a_new_call_eventfd_gets_an_interrupt_at_the_next_pass() {
         before + 1,
         "one interrupt on the new eventfd"
     );
-    assert_eq!(net.port_stats(1).queues[0].rx.interrupts, counted + 1);
+    net.wait_stats("the new eventfd's interrupt counted", |s| {
+        s.ports[1].queues[0].rx.interrupts == counted + 1
+    });
 
     // Only once: the next frames, with used_event still parked, interrupt nobody.
     a.send(0, &[&frame(mac(2), mac(1), 60, 3)]).unwrap();
@@ -448,6 +454,7 @@ fn a_new_call_eventfd_gets_an_interrupt_at_the_next_pass() {
         s.ports[1].queues[0].rx.packets == 3
     });
     assert_eq!(b.interrupts(0), before + 1, "no second interrupt");
+    assert_eq!(net.port_stats(1).queues[0].rx.interrupts, counted + 1);
     assert_eq!(b.recv(0).len(), 2);
 }
 
@@ -765,12 +772,14 @@ fn homa_and_openmx_frames_are_classified_at_entry() {
     a.send(0, &frames.iter().map(|f| f.as_slice()).collect::<Vec<_>>())
         .unwrap();
     assert_eq!(b.recv_wait(0, frames.len(), WAIT).len(), frames.len());
-    net.wait_stats("classified", |s| s.ports[0].queues[0].tx.packets == 8);
-    let c = net.port_stats(0).queues[0].class.clone();
-    assert_eq!(
-        (c.homa, c.openmx, c.malformed_homa, c.malformed_openmx),
-        (3, 1, 1, 1)
-    );
+    // (Counted after the burst's packets: wait for the counts themselves.)
+    let counts = |s: &vnic::stats::StatsSnapshot| {
+        let c = &s.ports[0].queues[0].class;
+        (c.homa, c.openmx, c.malformed_homa, c.malformed_openmx)
+    };
+    net.wait_stats("classified", |s| counts(s) == (3, 1, 1, 1));
+    assert_eq!(net.port_stats(0).queues[0].tx.packets, 8);
+    assert_eq!(counts(&net.stats()), (3, 1, 1, 1));
     assert_eq!(net.port_stats(1).queues[0].class, Default::default());
 }
 
