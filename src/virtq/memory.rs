@@ -213,8 +213,9 @@ pub fn split_from_guest<const N: usize>(seg: Segment, head: &mut [u8; N], data: 
 #[inline]
 unsafe fn copy_chunks(src: *const u8, dst: *mut u8, len: usize) {
     let mut at = 0;
+    // Elsewhere the chunks are left to `copy_nonoverlapping` below, with the rest.
+    #[cfg(target_arch = "x86_64")]
     while at + 64 <= len {
-        #[cfg(target_arch = "x86_64")]
         unsafe {
             use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_storeu_si128};
             let s = src.add(at) as *const __m128i;
