@@ -88,15 +88,6 @@ impl Class {
             latency_critical: false,
         }
     }
-
-    /// The Homa or Open-MX packet type, for counting.
-    pub fn proto(&self) -> Option<Proto> {
-        match self.transport {
-            Transport::Homa(_) => Some(Proto::Homa),
-            Transport::OpenMx(_) => Some(Proto::OpenMx),
-            _ => None,
-        }
-    }
 }
 
 /// The IP precedence (the top three bits of the IPv4 TOS or IPv6 traffic class) of an IP frame.

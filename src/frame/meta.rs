@@ -31,7 +31,8 @@ pub enum L3 {
 }
 
 /// Where a frame's headers are and what they are (all offsets from the start of the frame),
-/// plus what vnic decided about it at entry (flow hash, class; room for a steering key). Small and `Copy`: it travels inside [`Frame`](super::Frame).
+/// plus what vnic decided about it at entry (flow hash, class: what RX steering keys on).
+/// Small and `Copy`: it travels inside [`Frame`](super::Frame).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrameMeta {
     l3: L3,
@@ -54,8 +55,6 @@ pub struct FrameMeta {
     pub flow_hash: u32,
     /// What the frame is for priority, steering and interrupts ([`Class::of`], at entry).
     pub class: Class,
-    /// Steering key for an RX steering policy other than the flow hash; 0 for now.
-    pub steering_key: u32,
 }
 
 impl FrameMeta {

@@ -88,8 +88,8 @@ impl Frame {
     }
 
     /// The frame's metadata: as parsed at entry, or parsed now if nobody did (a frame built
-    /// outside the datapath). Parsing now finds the headers only; the flow hash, class and
-    /// steering key stay what they were set to.
+    /// outside the datapath). Parsing now finds the headers only; the flow hash and class stay
+    /// what they were set to.
     #[inline]
     pub fn parsed_meta(&self) -> FrameMeta {
         if self.meta.is_parsed() {
@@ -98,7 +98,6 @@ impl Frame {
         let mut meta = FrameMeta::parse(&self.data);
         meta.flow_hash = self.meta.flow_hash;
         meta.class = self.meta.class;
-        meta.steering_key = self.meta.steering_key;
         meta
     }
 
