@@ -73,6 +73,13 @@ pub enum SteerPolicy {
 }
 
 impl SteerPolicy {
+    pub const ALL: [SteerPolicy; 4] = [
+        SteerPolicy::Flow,
+        SteerPolicy::Homa,
+        SteerPolicy::OpenMx,
+        SteerPolicy::Auto,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             SteerPolicy::Flow => "flow",
@@ -83,15 +90,10 @@ impl SteerPolicy {
     }
 
     fn parse(key: &str, value: &str) -> Result<Self, String> {
-        [
-            SteerPolicy::Flow,
-            SteerPolicy::Homa,
-            SteerPolicy::OpenMx,
-            SteerPolicy::Auto,
-        ]
-        .into_iter()
-        .find(|p| p.name() == value)
-        .ok_or_else(|| format!("{key}={value}: expected flow, homa, omx or auto"))
+        SteerPolicy::ALL
+            .into_iter()
+            .find(|p| p.name() == value)
+            .ok_or_else(|| format!("{key}={value}: expected flow, homa, omx or auto"))
     }
 }
 
@@ -390,12 +392,7 @@ mod tests {
     fn steering_policies() {
         let steer = |s: &str| s.parse::<PortConfig>().unwrap().steer;
         assert_eq!(steer("socket=/x"), SteerPolicy::Auto);
-        for p in [
-            SteerPolicy::Flow,
-            SteerPolicy::Homa,
-            SteerPolicy::OpenMx,
-            SteerPolicy::Auto,
-        ] {
+        for p in SteerPolicy::ALL {
             assert_eq!(steer(&format!("socket=/x,steer={}", p.name())), p);
         }
     }

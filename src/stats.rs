@@ -121,6 +121,12 @@ pub fn add(counter: &AtomicU64, n: u64) {
     }
 }
 
+/// Slots of the class counters (`PairCounters::class`, [`ClassTotals`]).
+const HOMA: usize = 0;
+const OPENMX: usize = 1;
+const MALFORMED_HOMA: usize = 2;
+const MALFORMED_OPENMX: usize = 3;
+
 /// Frames of one burst by class, added to a pair's counters once per burst.
 #[derive(Default)]
 pub struct ClassTotals([u64; 4]);
@@ -130,17 +136,17 @@ impl ClassTotals {
     pub fn count(&mut self, class: &Class) {
         let slot = match class.transport {
             Transport::Plain => return,
-            Transport::Homa(_) => 0,
-            Transport::OpenMx(_) => 1,
-            Transport::Malformed(Proto::Homa) => 2,
-            Transport::Malformed(Proto::OpenMx) => 3,
+            Transport::Homa(_) => HOMA,
+            Transport::OpenMx(_) => OPENMX,
+            Transport::Malformed(Proto::Homa) => MALFORMED_HOMA,
+            Transport::Malformed(Proto::OpenMx) => MALFORMED_OPENMX,
         };
         self.0[slot] += 1;
     }
 
     /// Frames whose Homa or Open-MX header was broken.
     pub fn malformed(&self) -> u64 {
-        self.0[2] + self.0[3]
+        self.0[MALFORMED_HOMA] + self.0[MALFORMED_OPENMX]
     }
 }
 
@@ -208,10 +214,10 @@ impl PairCounters {
                 tap_segments: ld(&self.tap_segments),
             },
             class: ClassSnapshot {
-                homa: ld(&self.class[0]),
-                openmx: ld(&self.class[1]),
-                malformed_homa: ld(&self.class[2]),
-                malformed_openmx: ld(&self.class[3]),
+                homa: ld(&self.class[HOMA]),
+                openmx: ld(&self.class[OPENMX]),
+                malformed_homa: ld(&self.class[MALFORMED_HOMA]),
+                malformed_openmx: ld(&self.class[MALFORMED_OPENMX]),
             },
         }
     }

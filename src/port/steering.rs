@@ -16,7 +16,7 @@ use crate::frame::Frame;
 
 /// The key `policy` spreads `frame` by.
 #[inline]
-pub fn steering_key(policy: SteerPolicy, frame: &Frame) -> u32 {
+fn steering_key(policy: SteerPolicy, frame: &Frame) -> u32 {
     use SteerPolicy::{Auto, Homa, OpenMx};
     match (policy, frame.meta.class.transport) {
         (Homa | Auto, Transport::Homa(h)) => rpc_key(h.rpc_id),
