@@ -153,6 +153,44 @@ fn tap_port_exchanges_frames_with_the_host() {
     assert!(s.queues.iter().map(|q| q.rx.packets).sum::<u64>() >= 20);
 }
 
+/// Frames entering vnic from the tap are classified there too: Homa, Open-MX and broken ones
+/// counted on the queue pair that read them, each delivered as usual.
+#[test]
+fn frames_from_the_tap_are_classified() {
+    require_root();
+    let tap = tap_name("c");
+    let net = start(&[&format!("attach=tap:{tap}")]);
+    let host = HostSide::bind(&tap);
+    let mut g = net.connect(0, GuestOptions::default());
+    // A packet type Open-MX does not have.
+    let broken = openmx_frame(mac(1), mac(9), OMX_ETHERTYPE, 99, 0, None, 46);
+    let frames = [
+        homa_frame(mac(1), mac(9), HomaWire::default(), HOMA_GRANT, 5, 0, 0),
+        homa_frame(mac(1), mac(9), HomaWire::default(), HOMA_DATA, 7, 100, 100),
+        openmx_frame(mac(1), mac(9), OMX_ETHERTYPE, OMX_TINY, 2, None, 46),
+        broken,
+    ];
+    for f in &frames {
+        host.send(f);
+    }
+    let counts = |s: &vnic::stats::StatsSnapshot| {
+        let c = &s.ports[0].queues[0].class;
+        (c.homa, c.openmx, c.malformed_homa, c.malformed_openmx)
+    };
+    net.wait_stats("classified", |s| counts(s) == (2, 1, 0, 1));
+    let deadline = Instant::now() + WAIT;
+    let mut got = 0;
+    while got < frames.len() && Instant::now() < deadline {
+        got += g
+            .recv(0)
+            .iter()
+            .filter(|f| frames.iter().any(|s| *s == f.data))
+            .count();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(got, frames.len(), "every frame delivered");
+}
+
 #[test]
 fn tap_keeps_queued_host_frames_while_the_guest_has_no_buffers() {
     require_root();

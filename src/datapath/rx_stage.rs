@@ -104,11 +104,13 @@ impl RxStage {
         let counters = port.counters.pair(pair);
         let lro = caps.takes_tso(IpVersion::V4) || caps.takes_tso(IpVersion::V6);
         let (mut pushed, mut emitted) = (0u64, 0u64);
+        // Frames entering vnic here (from the tap), by class.
+        let mut classes = ClassTotals::default();
         for _ in 0..BATCH {
             let Some(frame) = self
                 .inbox
                 .pop_front()
-                .or_else(|| next_source_frame(port, tap, pair, pool, tap_max))
+                .or_else(|| next_source_frame(port, tap, pair, pool, tap_max, &mut classes))
             else {
                 break;
             };
@@ -140,6 +142,14 @@ impl RxStage {
                 self.ready.extend(self.merged.drain(..));
             }
         }
+        counters.add_classes(&classes);
+        if classes.malformed() > 0 {
+            warn_ratelimited!(
+                "port {} queue {pair}: {} frames from the tap with a broken Homa or Open-MX header (carried as plain traffic)",
+                port.name,
+                classes.malformed()
+            );
+        }
         if lro {
             self.coalescer.flush(&mut self.merged);
             emitted += self.merged.len() as u64;
@@ -156,6 +166,7 @@ fn next_source_frame(
     pair: usize,
     pool: &FramePool,
     tap_max: usize,
+    classes: &mut ClassTotals,
 ) -> Option<Frame> {
     if let Some(f) = port.egress[pair].pop() {
         return Some(f);
@@ -167,15 +178,7 @@ fn next_source_frame(
             let buf = &mut *frame;
             buf.meta
                 .parse_and_classify(&buf.data, port.config.omx_ethertype);
-            let mut classes = ClassTotals::default();
             classes.count(&buf.meta.class);
-            port.counters.pair(pair).add_classes(&classes);
-            if classes.malformed() > 0 {
-                warn_ratelimited!(
-                    "port {}: a frame from the tap with a broken Homa or Open-MX header (carried as plain traffic)",
-                    port.name
-                );
-            }
             Some(frame)
         }
         Ok(false) => {
