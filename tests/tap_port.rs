@@ -184,7 +184,7 @@ fn frames_from_the_tap_are_classified() {
         got += g
             .recv(0)
             .iter()
-            .filter(|f| frames.iter().any(|s| *s == f.data))
+            .filter(|f| frames.contains(&f.data))
             .count();
         std::thread::sleep(Duration::from_millis(2));
     }
