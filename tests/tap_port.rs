@@ -158,7 +158,7 @@ fn tap_port_exchanges_frames_with_the_host() {
 #[test]
 fn frames_from_the_tap_are_classified() {
     require_root();
-    let tap = tap_name("c");
+    let tap = tap_name("k");
     let net = start(&[&format!("attach=tap:{tap}")]);
     let host = HostSide::bind(&tap);
     let mut g = net.connect(0, GuestOptions::default());
