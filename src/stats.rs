@@ -96,6 +96,8 @@ pub struct PairCounters {
     pub tx_interrupts: AtomicU64,
     /// Segmentation jobs (GSO frames) the guest sent.
     pub tx_gso: AtomicU64,
+    /// Of those, Homa jobs (cut by vnic for every destination).
+    pub tx_homa_gso: AtomicU64,
     /// GSO frames delivered to the guest as such (passed through or coalesced).
     pub rx_gso: AtomicU64,
     /// Frames vnic cut in software for this guest, which could not take a job as is.
@@ -208,6 +210,7 @@ impl PairCounters {
                 .collect(),
             offload: OffloadSnapshot {
                 tx_gso: ld(&self.tx_gso),
+                tx_homa_gso: ld(&self.tx_homa_gso),
                 rx_gso: ld(&self.rx_gso),
                 rx_segments: ld(&self.rx_segments),
                 rx_coalesced: ld(&self.rx_coalesced),
@@ -263,6 +266,7 @@ pub struct DirectionSnapshot {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct OffloadSnapshot {
     pub tx_gso: u64,
+    pub tx_homa_gso: u64,
     pub rx_gso: u64,
     pub rx_segments: u64,
     pub rx_coalesced: u64,
@@ -395,6 +399,7 @@ impl StatsSnapshot {
                 .iter()
                 .fold(OffloadSnapshot::default(), |mut a, q| {
                     a.tx_gso += q.offload.tx_gso;
+                    a.tx_homa_gso += q.offload.tx_homa_gso;
                     a.rx_gso += q.offload.rx_gso;
                     a.rx_segments += q.offload.rx_segments;
                     a.rx_coalesced += q.offload.rx_coalesced;
@@ -404,8 +409,8 @@ impl StatsSnapshot {
             if o != OffloadSnapshot::default() {
                 let _ = writeln!(
                     out,
-                    "  offload: tx_gso={} rx_gso={} rx_segments={} rx_coalesced={} tap_segments={}",
-                    o.tx_gso, o.rx_gso, o.rx_segments, o.rx_coalesced, o.tap_segments
+                    "  offload: tx_gso={} tx_homa_gso={} rx_gso={} rx_segments={} rx_coalesced={} tap_segments={}",
+                    o.tx_gso, o.tx_homa_gso, o.rx_gso, o.rx_segments, o.rx_coalesced, o.tap_segments
                 );
             }
             let c = p.queues.iter().fold(ClassSnapshot::default(), |mut a, q| {

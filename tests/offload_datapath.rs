@@ -169,6 +169,53 @@ fn tso_job_passes_as_is_to_a_guest_that_takes_it() {
     assert_eq!(net.stats().ports[1].queues[0].offload.rx_gso, 2);
 }
 
+/// A Homa message of 60 000 bytes sent as one segmentation job (as a Linux guest running
+/// HomaModule with TSO sends it), in both of Homa's formats over IPv4 and IPv6, reaches a guest
+/// that takes TSO as Homa packets of at most 1424 bytes of message, each at its offset.
+#[test]
+fn homa_jobs_are_cut_as_homa_for_a_guest_that_takes_tso() {
+    let net = start(&["", ""]);
+    let mut a = net.connect(0, tso_sender());
+    let mut b = net.connect(1, tso_receiver());
+    let message = payload(60_000);
+    let mut jobs = 0;
+    let mut cut = 0;
+    for (v6, over_tcp) in [(false, false), (true, false), (false, true), (true, true)] {
+        let wire = frames::HomaWire {
+            v6,
+            over_tcp,
+            ..frames::HomaWire::default()
+        };
+        let rpc = 0x100 + jobs;
+        let job = frames::HomaJob {
+            rpc_id: rpc,
+            message_length: 60_000,
+            offset: 0,
+            data: &message,
+            max_seg_data: 1424,
+        };
+        let (f, gso_size) = frames::homa_gso_job(mac(2), mac(1), wire, &job);
+        let (hdr, job) = frames::tso_job(f, v6, gso_size);
+        assert!(a.send_with_header(0, &hdr, &job).unwrap());
+        jobs += 1;
+        let n = 60_000usize.div_ceil(1424);
+        cut += n as u64;
+        let mut joined = Vec::new();
+        for f in recv_n(&mut b, n) {
+            assert_eq!(f.hdr[1], 0, "a Homa packet, not a TCP job");
+            let (id, at, data) = frames::homa_data_of(&f.data).expect("a Homa DATA packet");
+            assert_eq!((id, at as usize), (rpc, joined.len()), "{wire:?}");
+            joined.extend(data);
+        }
+        assert_eq!(joined, message, "{wire:?}");
+    }
+    let s = net.stats();
+    let (tx, rx) = (&s.ports[0].queues[0], &s.ports[1].queues[0]);
+    assert_eq!((tx.offload.tx_gso, tx.offload.tx_homa_gso), (jobs, jobs));
+    assert_eq!(rx.offload.rx_segments, cut);
+    assert_eq!(rx.offload.rx_gso, 0, "nothing passed or merged as TCP");
+}
+
 #[test]
 fn lro_merges_in_order_segments_for_a_tso_guest() {
     let net = start(&["", ""]);

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vnic_testdriver::frames::{tcp4, tso_job};
+use vnic_testdriver::frames::{homa_data_of, homa_gso_job, tcp4, tso_job, HomaJob, HomaWire};
 use vnic_testdriver::GuestOptions;
 
 fn require_root() {
@@ -240,12 +240,13 @@ fn existing_tap_without_multiqueue_is_a_clear_error() {
 }
 
 /// A guest's TCP segmentation job reaches the host through the tap: as one large frame when the
-/// tap's offloads are on, cut into MTU-sized segments by vnic when they are off.
-fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
+/// tap's offloads are on, cut into MTU-sized segments by vnic when they are off. A Homa job
+/// (`homa`: native format, 1424 bytes of message per packet) is cut either way.
+fn tso_job_through_tap(tap_offloads: bool, homa: bool) -> Vec<usize> {
     use vnic_testdriver::features::*;
     require_root();
-    let tap = tap_name(if tap_offloads { "on" } else { "off" });
     let onoff = if tap_offloads { "on" } else { "off" };
+    let tap = tap_name(&format!("{}{onoff}", if homa { "h" } else { "" }));
     let net = start(&[&format!("attach=tap:{tap},tap_offloads={onoff}")]);
     let host = HostSide::bind(&tap);
     let plain = vnic::device::features::offered(vnic::device::features::ALL_OFFLOADS)
@@ -260,7 +261,19 @@ fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
     );
     // 20000 bytes of TCP payload, MSS 1448, partial checksum as a Linux guest sends it.
     let payload: Vec<u8> = (0..20_000).map(|i| i as u8).collect();
-    let (hdr, f) = tso_job(tcp4(mac(1), mac(9), 1, &payload, false), false, 1448);
+    let (hdr, f) = if homa {
+        let job = HomaJob {
+            rpc_id: 5,
+            message_length: 20_000,
+            offset: 0,
+            data: &payload,
+            max_seg_data: 1424,
+        };
+        let (f, gso_size) = homa_gso_job(mac(9), mac(1), HomaWire::default(), &job);
+        tso_job(f, false, gso_size)
+    } else {
+        tso_job(tcp4(mac(1), mac(9), 1, &payload, false), false, 1448)
+    };
     assert!(g.send_with_header(0, &hdr, &f).unwrap());
 
     // The host sees TCP frames of that flow; collect their sizes until the payload is there.
@@ -270,7 +283,18 @@ fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
     while got < payload.len() && Instant::now() < deadline {
         // SAFETY: buffer valid for its length.
         let n = unsafe { libc::recv(host.0.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
-        if n > 54 && buf[23] == 6 && buf[26..30] == [10, 0, 0, 1] {
+        if n <= 54 {
+            continue;
+        }
+        if homa {
+            // Reassembled as Homa's receiver does, by each packet's offset.
+            if let Some((5, at, data)) = homa_data_of(&buf[..n as usize]) {
+                assert_eq!(at as usize, got, "packets in order, each at its offset");
+                assert_eq!(data, payload[got..got + data.len()]);
+                sizes.push(n as usize);
+                got += data.len();
+            }
+        } else if buf[23] == 6 && buf[26..30] == [10, 0, 0, 1] {
             sizes.push(n as usize);
             got += n as usize - 54;
         }
@@ -281,7 +305,11 @@ fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
         "all the payload reached the host: {sizes:?}"
     );
     let cut = net.stats().ports[0].queues[0].offload.tap_segments;
-    let want = if tap_offloads { 0 } else { sizes.len() as u64 };
+    let want = if tap_offloads && !homa {
+        0
+    } else {
+        sizes.len() as u64
+    };
     assert_eq!(
         cut, want,
         "tap_segments counts the segments vnic cut for the tap"
@@ -291,13 +319,24 @@ fn tso_job_through_tap(tap_offloads: bool) -> Vec<usize> {
 
 #[test]
 fn tso_job_reaches_the_host_whole_with_tap_offloads() {
-    let sizes = tso_job_through_tap(true);
+    let sizes = tso_job_through_tap(true, false);
     assert_eq!(sizes, vec![20_054], "one large frame");
 }
 
 #[test]
 fn tso_job_is_segmented_for_a_tap_without_offloads() {
-    let sizes = tso_job_through_tap(false);
+    let sizes = tso_job_through_tap(false, false);
     assert_eq!(sizes.len(), 20_000usize.div_ceil(1448));
     assert!(sizes.iter().all(|s| *s <= 1514), "MTU-sized: {sizes:?}");
+}
+
+/// The host's kernel would take a Homa job as TCP: vnic cuts it as Homa for the tap even with
+/// the tap's offloads on.
+#[test]
+fn homa_job_is_cut_for_a_tap_even_with_its_offloads() {
+    for tap_offloads in [true, false] {
+        let sizes = tso_job_through_tap(tap_offloads, true);
+        assert_eq!(sizes.len(), 20_000usize.div_ceil(1424));
+        assert!(sizes.iter().all(|s| *s <= 1514), "MTU-sized: {sizes:?}");
+    }
 }

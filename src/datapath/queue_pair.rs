@@ -66,6 +66,8 @@ struct BurstTotals {
     packets: u64,
     bytes: u64,
     gso: u64,
+    /// TX only: the GSO frames that are Homa jobs.
+    homa_gso: u64,
 }
 
 pub struct QueuePair {
@@ -681,7 +683,10 @@ fn tx_burst(
                     Ok(()) => {
                         totals.packets += 1;
                         totals.bytes += frame.data.len() as u64;
-                        totals.gso += (frame.header.gso_type != 0) as u64;
+                        if frame.header.gso_type != 0 {
+                            totals.gso += 1;
+                            totals.homa_gso += frame.meta.class.is_homa() as u64;
+                        }
                         classes.count(&frame.meta.class);
                         if let Some(capture) = &port.capture {
                             capture.record(&frame.data);
@@ -712,6 +717,7 @@ fn tx_burst(
     add(&counters.tx_packets, totals.packets);
     add(&counters.tx_bytes, totals.bytes);
     add(&counters.tx_gso, totals.gso);
+    add(&counters.tx_homa_gso, totals.homa_gso);
     counters.add_classes(&classes);
     if classes.malformed() > 0 {
         warn_ratelimited!(

@@ -88,6 +88,12 @@ impl Class {
             latency_critical: false,
         }
     }
+
+    /// A well-formed Homa packet (either way it is carried).
+    #[inline]
+    pub fn is_homa(&self) -> bool {
+        matches!(self.transport, Transport::Homa(_))
+    }
 }
 
 /// The IP precedence (the top three bits of the IPv4 TOS or IPv6 traffic class) of an IP frame.

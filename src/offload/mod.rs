@@ -22,9 +22,17 @@
 //! for a frame nobody parsed); the headers are read and written through the
 //! [`wire`](crate::wire) views.
 //!
-//! Homa (IP protocol 146) frames claim to be TCP GSO jobs: they are never cut or merged as TCP
-//! (see `shared/reference/homa-openmx-wire.md`): a guest's request is refused with
-//! [`OffloadError::HomaGso`], and a destination that cannot take one as is does not get it.
+//! Homa frames claim to be TCP GSO jobs (see `shared/reference/homa-openmx-wire.md`). vnic cuts
+//! them the way Homa means, in both of its formats, for every destination: none of them can
+//! take a Homa job as such (a guest or a tap that takes TSO would treat it as TCP), and Homa
+//! packets are never merged by LRO.
+//! - Native (IP protocol 146, `GsoKind::Homa`): the 52-byte DATA header is replicated, every
+//!   `gso_size` chunk of payload starts with its own 4-byte `seg.offset`, the sequence is not
+//!   advanced, and the checksum sits in TCP's slot with protocol 146 in the pseudo-header.
+//! - Homa over TCP (IP protocol 6 with Homa's flags and urgent pointer): cut as TCP (the
+//!   sequence advanced, from which the receiver takes the offset), never passed as a TCP job.
+//!
+//! A job in neither shape is refused with [`OffloadError::HomaGso`].
 
 pub mod checksum;
 mod coalesce;
@@ -125,6 +133,8 @@ impl RxCaps {
                 (GsoKind::Tcp, IpVersion::V6) => self.tso6 && (!ecn || self.ecn),
                 (GsoKind::Udp, IpVersion::V4) => self.uso4,
                 (GsoKind::Udp, IpVersion::V6) => self.uso6,
+                // No destination takes Homa jobs as such.
+                (GsoKind::Homa, _) => false,
             }
     }
 }
@@ -204,7 +214,9 @@ pub enum OffloadError {
     GsoTooLong,
     /// A GSO frame that would make more than [`MAX_SEGMENTS`] segments.
     GsoTooManySegments,
-    /// A TCP GSO job on IP protocol 146 (Homa): refused rather than cut as TCP.
+    /// A Homa segmentation job in neither of Homa's formats: not a DATA packet; native (IP
+    /// protocol 146) without the 52-byte header or with a chunk too short for its `seg.offset`;
+    /// over TCP with a `seg.offset` of its own (every segment would claim the same offset).
     HomaGso,
     /// Headers that must be read (IP, TCP/UDP) are truncated or malformed.
     Unparseable,
@@ -274,6 +286,9 @@ impl std::error::Error for OffloadError {}
 pub(crate) enum GsoKind {
     Tcp,
     Udp,
+    /// Homa DATA in its native format (IP protocol 146; a `gso_type` of TCP names it): TCP's
+    /// header shape, but nothing per segment beyond lengths, IDs and the checksum.
+    Homa,
 }
 
 impl GsoKind {
@@ -282,20 +297,22 @@ impl GsoKind {
         match self {
             GsoKind::Tcp => ip::TCP,
             GsoKind::Udp => ip::UDP,
+            GsoKind::Homa => ip::HOMA,
         }
     }
 
     /// Writes the checksum field of this kind's L4 header (`l4`: from the header on).
     pub(crate) fn set_checksum(self, l4: &mut [u8], csum: u16) {
         match self {
-            GsoKind::Tcp => tcp::Packet::new_unchecked(l4).set_checksum(csum),
+            // Homa's checksum is in TCP's slot.
+            GsoKind::Tcp | GsoKind::Homa => tcp::Packet::new_unchecked(l4).set_checksum(csum),
             GsoKind::Udp => udp::Packet::new_unchecked(l4).set_checksum(csum),
         }
     }
 
     pub(crate) fn csum_offset(self) -> u16 {
         match self {
-            GsoKind::Tcp => TCP_CSUM_OFFSET,
+            GsoKind::Tcp | GsoKind::Homa => TCP_CSUM_OFFSET,
             GsoKind::Udp => UDP_CSUM_OFFSET,
         }
     }
@@ -339,9 +356,10 @@ impl GsoType {
 /// - a GSO frame the destination takes: as is (a GSO frame from a tap that carries
 ///   `F_DATA_VALID` instead of a partial checksum is turned into the partial form the virtio
 ///   spec asks for: header fields only);
-/// - a GSO frame it does not take: cut into segments with correct IP IDs, lengths, sequence
-///   numbers, flags and checksums; each segment carries a partial checksum (`F_NEEDS_CSUM`)
-///   when the destination has GUEST_CSUM (no pass over the payload), else a complete one.
+/// - a GSO frame it does not take, and every Homa job: cut into segments with correct IP IDs,
+///   lengths, sequence numbers, flags and checksums; each segment carries a partial checksum
+///   (`F_NEEDS_CSUM`) when the destination has GUEST_CSUM (no pass over the payload), else a
+///   complete one.
 ///
 /// Every GSO frame is checked against its headers here too, so a frame that skipped
 /// [`validate_tx`] still cannot reach a destination malformed.
@@ -401,17 +419,12 @@ fn adapt_gso(
 ) -> Result<usize, OffloadError> {
     let plan = match validate::plan_gso(&frame, gso) {
         Ok(plan) => plan,
-        Err(OffloadError::HomaGso) if homa_passes(&frame, gso, caps) => {
-            // A destination that takes the job as is does its own (Homa-aware) segmentation.
-            out.push(frame);
-            return Ok(1);
-        }
         Err(e) => {
             pool.put(frame);
             return Err(e);
         }
     };
-    if caps.takes_gso(gso.kind, gso.ecn, plan.ip) {
+    if !plan.homa && caps.takes_gso(plan.kind, gso.ecn, plan.ip) {
         frame.meta = plan.meta;
         if frame.header.flags & F_NEEDS_CSUM == 0 {
             segment::make_partial(&mut frame, &plan);
@@ -423,16 +436,6 @@ fn adapt_gso(
     let n = segment::segment(&frame, &plan, caps.partial_csum, pool, out);
     pool.put(frame);
     Ok(n)
-}
-
-/// A Homa GSO frame passes only to a destination that takes the job as is, in the partial-checksum
-/// form it came in.
-fn homa_passes(frame: &Frame, gso: GsoType, caps: RxCaps) -> bool {
-    let ip = match gso.ip {
-        Some(ip) => ip,
-        None => return false,
-    };
-    frame.header.flags & F_NEEDS_CSUM != 0 && caps.takes_gso(gso.kind, gso.ecn, ip)
 }
 
 /// The verdict of [`verify_checksums`].
@@ -633,29 +636,39 @@ mod tests {
     }
 
     #[test]
-    fn homa_gso_is_never_cut() {
+    fn homa_jobs_are_never_passed_as_tcp_jobs() {
+        // (How they are cut: `segment`'s tests.)
         let pool = FramePool::new(8);
         let mut out = Vec::new();
+        for over_tcp in [false, true] {
+            let wire = vnic_testdriver::frames::HomaWire {
+                over_tcp,
+                ..Default::default()
+            };
+            let job = vnic_testdriver::frames::HomaJob {
+                rpc_id: 1,
+                message_length: 4000,
+                offset: 0,
+                data: &pattern(4000),
+                max_seg_data: 1424,
+            };
+            let (data, gso_size) =
+                vnic_testdriver::frames::homa_gso_job([2; 6], [4; 6], wire, &job);
+            let f = tso_frame(data, GSO_TCPV4, gso_size);
+            out.clear();
+            assert_eq!(adapt_for(f, RxCaps::ALL, &pool, &mut out), Ok(3));
+            assert!(out.iter().all(|s| s.header.gso_type == GSO_NONE));
+        }
+        // A Homa job in neither of its formats reaches nobody.
         let spec = Spec {
             protocol: PROTO_HOMA,
             ..Spec::default()
         };
         let f = tso_frame(build_tcp(&spec, &pattern(4000)), GSO_TCPV4, 1448);
-        let caps = RxCaps {
-            partial_csum: true,
-            ..Default::default()
-        };
         assert_eq!(
-            adapt_for(f, caps, &pool, &mut out),
+            adapt_for(f, RxCaps::ALL, &pool, &mut out),
             Err(OffloadError::HomaGso)
         );
-        assert!(out.is_empty());
-        assert_eq!(pool.parked(), 1, "the refused frame went back to the pool");
-        // A destination that takes TSO4 as is gets it untouched.
-        let f = tso_frame(build_tcp(&spec, &pattern(4000)), GSO_TCPV4, 1448);
-        let copy = f.data.clone();
-        assert_eq!(adapt_for(f, RxCaps::ALL, &pool, &mut out), Ok(1));
-        assert_eq!(out[0].data, copy);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - IPv4: total length, ID = first ID + index (wrapping), header checksum;
 //!   IPv6: payload length (extension headers replicated as they are);
 //! - TCP: sequence number advanced by the payload before it; FIN and PSH only on the last
-//!   segment, CWR only on the first; UDP: its own length;
+//!   segment, CWR only on the first; UDP: its own length; native Homa: nothing (every chunk
+//!   starts with its own `seg.offset`);
 //! - L4 checksum: a partial one (pseudo-header sum, `F_NEEDS_CSUM`) for a destination with
 //!   GUEST_CSUM, which costs no pass over the payload; else a complete one, summed over the
 //!   segment just written (still in cache).
@@ -79,7 +80,7 @@ impl Originals {
                 let t = tcp::Packet::new_unchecked(&data[plan.meta.l4_off()..]);
                 (t.seq_number(), t.flags())
             }
-            GsoKind::Udp => (0, 0),
+            GsoKind::Udp | GsoKind::Homa => (0, 0),
         };
         Originals {
             ip_id,
@@ -130,6 +131,8 @@ fn patch_l4(seg: &mut [u8], plan: &GsoPlan, first: &Originals, pos: &Position) {
         GsoKind::Udp => {
             udp::Packet::new_unchecked(l4).set_length((plan.l4_hdr_len + pos.payload_len) as u16)
         }
+        // Native Homa: each chunk carries its own offset; the header stays as it is.
+        GsoKind::Homa => {}
     }
 }
 
@@ -184,6 +187,8 @@ mod tests {
     use super::super::*;
     use crate::frame::net_header::NetHeader;
     use etherparse::{LaxSlicedPacket, NetSlice, SlicedPacket, TransportSlice};
+    use proptest::prelude::*;
+    use vnic_testdriver::frames::{homa_data_of, homa_gso_job, mac, ones_sum, HomaJob, HomaWire};
 
     /// Cuts with `adapt_for` for a destination without any offload (complete checksums) or with
     /// GUEST_CSUM only (partial ones, then completed here to check them).
@@ -449,5 +454,150 @@ mod tests {
         adapt_for(f, RxCaps::default(), &pool, &mut out).unwrap();
         assert!(out.iter().all(|s| s.flow_hash() == 0x1234));
         assert_eq!(pool.parked(), 1, "the job's buffer went back to the pool");
+    }
+
+    /// The ones'-complement sum over the L4 bytes of an untagged IP frame and its pseudo-header
+    /// (with the frame's own protocol), computed with the test driver's arithmetic: 0xffff when
+    /// the L4 checksum is right.
+    fn l4_sum(data: &[u8]) -> u16 {
+        let v6 = data[14] >> 4 == 6;
+        let (l4, addrs, proto) = if v6 {
+            (54, &data[22..54], data[20])
+        } else {
+            (34, &data[26..34], data[23])
+        };
+        let len = (data.len() - l4) as u32;
+        let acc = ones_sum(
+            addrs,
+            ones_sum(&[0, proto], ones_sum(&len.to_be_bytes(), 0)),
+        );
+        let mut sum = ones_sum(&data[l4..], acc);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    /// Cuts a HomaModule-shaped job of `len` bytes at `offset` of a message (packets of
+    /// `max_seg` bytes of it) for `caps`, and checks every segment the way Homa's receiver reads
+    /// it: one RPC, offsets where the data belongs, the message whole; IP lengths, IDs and
+    /// checksums right; nothing else of the header changed.
+    fn check_homa_job(wire: HomaWire, len: usize, offset: u32, max_seg: usize, caps: RxCaps) {
+        let message = pattern(len);
+        let job = HomaJob {
+            rpc_id: 0x77,
+            message_length: 1 << 20,
+            offset,
+            data: &message,
+            max_seg_data: max_seg,
+        };
+        let (data, gso_size) = homa_gso_job(mac(2), mac(1), wire, &job);
+        let gso = if wire.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+        let job = tso_frame(data, gso, gso_size);
+        let l4 = if wire.v6 { 54 } else { 34 };
+        let job_header = job.data[l4..l4 + if wire.over_tcp { 56 } else { 52 }].to_vec();
+        let pool = FramePool::new(64);
+        let mut out = Vec::new();
+        let n = adapt_for(job, caps, &pool, &mut out).unwrap();
+        assert_eq!(
+            n,
+            len.div_ceil(max_seg),
+            "{wire:?} len {len} max_seg {max_seg}"
+        );
+        let mut joined = Vec::new();
+        for (i, seg) in out.iter_mut().enumerate() {
+            assert_eq!(seg.header.gso_type, 0, "a segment is no job");
+            if caps.partial_csum {
+                let h = seg.header;
+                assert_eq!(
+                    (h.flags, h.csum_start, h.csum_offset),
+                    (F_NEEDS_CSUM, l4 as u16, 16)
+                );
+                checksum::complete_partial(&mut seg.data, h.csum_start, h.csum_offset).unwrap();
+            } else {
+                assert_eq!(seg.header, NetHeader::default());
+            }
+            let d = &seg.data;
+            assert_eq!(l4_sum(d), 0xffff, "segment {i}: Homa's checksum");
+            if !wire.v6 {
+                assert_eq!(
+                    ones_sum(&d[14..34], 0),
+                    0xffff,
+                    "segment {i}: IPv4 header checksum"
+                );
+                assert_eq!(u16::from_be_bytes([d[18], d[19]]), 1 + i as u16, "IPv4 ID");
+            }
+            let (rpc, at, data) = homa_data_of(d).expect("a Homa DATA packet, its lengths right");
+            assert_eq!(rpc, 0x77);
+            assert_eq!(
+                at as usize,
+                offset as usize + joined.len(),
+                "segment {i}'s offset"
+            );
+            assert!(data.len() <= max_seg && !data.is_empty());
+            joined.extend_from_slice(&data);
+            let mut header = d[l4..l4 + job_header.len()].to_vec();
+            header[16..18].copy_from_slice(&job_header[16..18]);
+            if wire.over_tcp {
+                // TCP's rule, which Homa over TCP relies on: the sequence says the offset.
+                let seq = u32::from_be_bytes(header[4..8].try_into().unwrap());
+                assert_eq!(seq, at);
+                header[4..8].copy_from_slice(&job_header[4..8]);
+            }
+            assert_eq!(header, job_header, "segment {i}: the replicated header");
+        }
+        assert_eq!(joined, message);
+    }
+
+    const OVER_TCP: HomaWire = HomaWire {
+        v6: false,
+        vlan: false,
+        v6_dest_opts: false,
+        over_tcp: true,
+        precedence: 0,
+    };
+
+    #[test]
+    fn homa_jobs_are_cut_as_homa_means_for_every_destination() {
+        let csum_only = RxCaps {
+            partial_csum: true,
+            ..RxCaps::default()
+        };
+        for caps in [RxCaps::ALL, csum_only, RxCaps::default()] {
+            for wire in [
+                HomaWire::default(),
+                HomaWire {
+                    v6: true,
+                    ..HomaWire::default()
+                },
+                OVER_TCP,
+                HomaWire {
+                    v6: true,
+                    ..OVER_TCP
+                },
+            ] {
+                // MTU 1500: 1424 bytes of message per IPv4 packet.
+                check_homa_job(wire, 60_000, 1424 * 10, 1424, caps);
+                check_homa_job(wire, 1425, 0, 1424, caps);
+                check_homa_job(wire, 2848, 2848, 1424, caps);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_homa_job_cut_gives_its_message_back(
+            len in 1usize..30_000,
+            max_seg in 16usize..9000,
+            offset in 0u32..1_000_000,
+            v6: bool,
+            over_tcp: bool,
+            partial_csum: bool,
+        ) {
+            let wire = HomaWire { v6, over_tcp, ..HomaWire::default() };
+            prop_assume!(len.div_ceil(max_seg) <= MAX_SEGMENTS);
+            let caps = RxCaps { partial_csum, ..RxCaps::ALL };
+            check_homa_job(wire, len, offset, max_seg, caps);
+        }
     }
 }

@@ -7,7 +7,7 @@ use super::{GsoKind, GsoType, OffloadError, TxCaps, MAX_IP_LEN, MAX_SEGMENTS};
 use crate::frame::meta::{FrameMeta, L3};
 use crate::frame::net_header::{F_DATA_VALID, F_NEEDS_CSUM};
 use crate::frame::Frame;
-use crate::wire::{ip, tcp, udp, IpVersion};
+use crate::wire::{homa, ip, tcp, udp, IpVersion};
 
 /// Checks a frame's header (as the guest sent it) against the frame and what was negotiated.
 ///
@@ -54,8 +54,9 @@ fn validate_request(frame: &Frame, caps: TxCaps) -> Result<(), OffloadError> {
         return Ok(());
     };
     let negotiated = match (gso.kind, gso.ip) {
-        (GsoKind::Tcp, Some(IpVersion::V4)) => caps.tso4,
-        (GsoKind::Tcp, _) => caps.tso6,
+        // (A Homa job names a TCP type: `decode` never says Homa.)
+        (GsoKind::Tcp | GsoKind::Homa, Some(IpVersion::V4)) => caps.tso4,
+        (GsoKind::Tcp | GsoKind::Homa, _) => caps.tso6,
         (GsoKind::Udp, _) => caps.uso,
     };
     if !negotiated || (gso.ecn && !caps.ecn) {
@@ -75,7 +76,9 @@ pub(crate) struct GsoPlan {
     pub meta: FrameMeta,
     pub ip: IpVersion,
     pub kind: GsoKind,
-    /// TCP header with options, or 8 for UDP.
+    /// A Homa job (either format): cut for every destination, never passed on as a job.
+    pub homa: bool,
+    /// TCP header with options (Homa: its replicated header), or 8 for UDP.
     pub l4_hdr_len: usize,
     /// Bytes replicated in front of every segment: Ethernet through L4 header.
     pub hdr_len: usize,
@@ -115,9 +118,12 @@ pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadEr
     if gso.ip.is_some_and(|ip| ip != version) {
         return Err(OffloadError::GsoTypeMismatch);
     }
-    // Homa claims TCP GSO; its header is checked like TCP's, then refused at the end.
-    let homa = gso.kind == GsoKind::Tcp && meta.proto() == ip::HOMA;
-    if meta.proto() != gso.kind.protocol() && !homa {
+    // Homa claims TCP GSO; its header has TCP's shape (the length in `doff`, the checksum at 16).
+    let kind = match gso.kind {
+        GsoKind::Tcp if meta.proto() == ip::HOMA => GsoKind::Homa,
+        kind => kind,
+    };
+    if meta.proto() != kind.protocol() {
         return Err(OffloadError::GsoTypeMismatch);
     }
     if meta.has_frag_header() {
@@ -127,13 +133,12 @@ pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadEr
         return Err(OffloadError::UnsupportedHeaders);
     }
     let l4 = data.get(meta.l4_off()..).ok_or(OffloadError::Unparseable)?;
-    let l4_hdr_len = match gso.kind {
-        GsoKind::Tcp => tcp::Packet::new_checked(l4).map(|t| t.header_len()),
+    let l4_hdr_len = match kind {
+        GsoKind::Tcp | GsoKind::Homa => tcp::Packet::new_checked(l4).map(|t| t.header_len()),
         GsoKind::Udp => udp::Packet::new_checked(l4).map(|_| udp::HEADER_LEN),
     }
     .map_err(|_| OffloadError::Unparseable)?;
-    if needs_csum
-        && (h.csum_start as usize != meta.l4_off() || h.csum_offset != gso.kind.csum_offset())
+    if needs_csum && (h.csum_start as usize != meta.l4_off() || h.csum_offset != kind.csum_offset())
     {
         return Err(OffloadError::GsoCsumMismatch);
     }
@@ -150,13 +155,22 @@ pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadEr
     if segments > MAX_SEGMENTS {
         return Err(OffloadError::GsoTooManySegments);
     }
-    if homa {
-        return Err(OffloadError::HomaGso);
-    }
+    let homa = match kind {
+        GsoKind::Homa => {
+            check_native_homa(l4, mss, payload_len)?;
+            true
+        }
+        GsoKind::Tcp if is_homa_over_tcp(l4) => {
+            check_homa_over_tcp(l4)?;
+            true
+        }
+        _ => false,
+    };
     Ok(GsoPlan {
         meta,
         ip: version,
-        kind: gso.kind,
+        kind,
+        homa,
         l4_hdr_len,
         hdr_len,
         mss,
@@ -165,12 +179,47 @@ pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadEr
     })
 }
 
+/// A native Homa job (HomaModule's `homa_tx_data_pkt_alloc`): a DATA packet whose 52-byte
+/// header is replicated, each `mss` chunk of the payload opening with its own 4-byte
+/// `seg.offset`, so every chunk (the last one too) must hold at least that.
+fn check_native_homa(l4: &[u8], mss: usize, payload_len: usize) -> Result<(), OffloadError> {
+    let h = homa::Packet::new_checked(l4).map_err(|_| OffloadError::HomaGso)?;
+    let last_chunk = payload_len - (payload_len.saturating_sub(1) / mss) * mss;
+    if h.packet_type() != homa::kind::DATA
+        || h.doff_bytes() != homa::NATIVE_GSO_HEADER_LEN
+        || mss <= SEG_OFFSET_LEN
+        || last_chunk < SEG_OFFSET_LEN
+    {
+        return Err(OffloadError::HomaGso);
+    }
+    Ok(())
+}
+
+/// Bytes of `seg.offset` at the start of every chunk of a native Homa job.
+const SEG_OFFSET_LEN: usize = homa::DATA_HEADER_LEN - homa::NATIVE_GSO_HEADER_LEN;
+
+/// True if the TCP header `l4` is Homa's (SYN|RST with Homa's urgent pointer).
+fn is_homa_over_tcp(l4: &[u8]) -> bool {
+    let t = tcp::Packet::new_unchecked(l4);
+    t.flags() == homa::TCP_FLAGS && t.urgent_at() == homa::TCP_URGENT
+}
+
+/// A Homa-over-TCP job is cut as TCP: a DATA packet whose receiver takes each segment's offset
+/// from its (advanced) sequence, so its `seg.offset` must say so.
+fn check_homa_over_tcp(l4: &[u8]) -> Result<(), OffloadError> {
+    match homa::Packet::new_checked(l4).map(|h| h.seg_offset()) {
+        Ok(Some(homa::SEG_OFFSET_FROM_SEQUENCE)) => Ok(()),
+        _ => Err(OffloadError::HomaGso),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
     use super::super::*;
     use super::*;
     use crate::frame::net_header::NetHeader;
+    use vnic_testdriver::frames::{homa_gso_job, mac, HomaJob, HomaWire};
 
     fn tcp4_job() -> Frame {
         tso_frame(build_tcp(&Spec::default(), &pattern(4000)), GSO_TCPV4, 1448)
@@ -322,17 +371,99 @@ mod tests {
         assert_eq!(check(&f), Err(OffloadError::GsoTypeMismatch));
     }
 
+    /// A Homa job as HomaModule builds it: 5000 bytes at offset 1424 of a 100 000-byte message,
+    /// in packets of 1424 bytes of message.
+    fn homa_job(wire: HomaWire) -> Frame {
+        let job = HomaJob {
+            rpc_id: 0x42,
+            message_length: 100_000,
+            offset: 1424,
+            data: &pattern(5000),
+            max_seg_data: 1424,
+        };
+        let (data, gso_size) = homa_gso_job(mac(2), mac(1), wire, &job);
+        let gso = if wire.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+        tso_frame(data, gso, gso_size)
+    }
+
+    const NATIVE6: HomaWire = HomaWire {
+        v6: true,
+        vlan: false,
+        v6_dest_opts: false,
+        over_tcp: false,
+        precedence: 0,
+    };
+
     #[test]
-    fn homa_is_refused() {
+    fn homa_jobs_in_both_formats_pass() {
+        for wire in [
+            HomaWire::default(),
+            NATIVE6,
+            HomaWire {
+                over_tcp: true,
+                ..HomaWire::default()
+            },
+            HomaWire {
+                over_tcp: true,
+                ..NATIVE6
+            },
+        ] {
+            let f = homa_job(wire);
+            assert_eq!(check(&f), Ok(()), "{wire:?}");
+            let plan = plan_gso(&f, GsoType::decode(f.header.gso_type).unwrap().unwrap());
+            let plan = plan.unwrap();
+            assert!(plan.homa);
+            let native = !wire.over_tcp;
+            assert_eq!(plan.kind == GsoKind::Homa, native);
+            assert_eq!(plan.l4_hdr_len, if native { 52 } else { 56 });
+        }
+        // TCP that is not Homa is no Homa job.
+        let plan = plan_gso(&tcp4_job(), GsoType::decode(GSO_TCPV4).unwrap().unwrap()).unwrap();
+        assert!(!plan.homa);
+    }
+
+    #[test]
+    fn homa_jobs_in_neither_format_are_refused() {
+        let refused = |f: &Frame| assert_eq!(check(f), Err(OffloadError::HomaGso));
+        // Not a DATA packet: a TCP-shaped header on protocol 146.
         let homa = Spec {
             protocol: PROTO_HOMA,
             ..Spec::default()
         };
-        let f = tso_frame(build_tcp(&homa, &pattern(3000)), GSO_TCPV4, 1000);
-        assert_eq!(check(&f), Err(OffloadError::HomaGso));
-        let homa6 = Spec { v6: true, ..homa };
-        let f = tso_frame(build_tcp(&homa6, &pattern(3000)), GSO_TCPV6, 1000);
-        assert_eq!(check(&f), Err(OffloadError::HomaGso));
+        refused(&tso_frame(
+            build_tcp(&homa, &pattern(3000)),
+            GSO_TCPV4,
+            1000,
+        ));
+        // Native with the 56-byte header: every segment would carry the same offset.
+        let mut f = homa_job(HomaWire::default());
+        f.data[34 + 12] = 14 << 4;
+        f.header.hdr_len += 4;
+        refused(&f);
+        // Native with chunks too short for their seg.offset.
+        let mut f = homa_job(HomaWire::default());
+        f.data.truncate(34 + 52 + 400);
+        f.header.gso_size = 4;
+        refused(&f);
+        // ... or a last chunk that is: 5000 bytes in packets of 1424 leave 728 for the last
+        // chunk, after its 4-byte seg.offset.
+        let mut f = homa_job(HomaWire::default());
+        let n = f.data.len();
+        f.data.truncate(n - 729);
+        refused(&f);
+        f.data.push(0);
+        assert_eq!(check(&f), Ok(()), "4 bytes: a seg.offset and no data");
+        // Over TCP with a seg.offset of its own.
+        let mut f = homa_job(HomaWire {
+            over_tcp: true,
+            ..HomaWire::default()
+        });
+        f.data[34 + 52..34 + 56].copy_from_slice(&1424u32.to_be_bytes());
+        refused(&f);
+        // A job of 146 that names TCPV6 on IPv4 is the usual mismatch.
+        let mut f = homa_job(HomaWire::default());
+        f.header.gso_type = GSO_TCPV6;
+        assert_eq!(check(&f), Err(OffloadError::GsoTypeMismatch));
     }
 
     #[test]

@@ -13,6 +13,13 @@ pub const COMMON_LEN: usize = 28;
 /// The full DATA header of a packet on the wire (with its `seg.offset`).
 pub const DATA_HEADER_LEN: usize = 56;
 
+/// The header a DATA segmentation job in Homa's native format replicates (`doff` 13): the DATA
+/// header without `seg.offset`, which starts every chunk of the payload instead.
+pub const NATIVE_GSO_HEADER_LEN: usize = DATA_HEADER_LEN - 4;
+/// `seg.offset` of a DATA packet whose offset is its `sequence` (Homa over TCP, where the
+/// segmenter advances the sequence as TCP's).
+pub const SEG_OFFSET_FROM_SEQUENCE: u32 = u32::MAX;
+
 /// The TCP flags byte of every HomaModule packet (SYN|RST: no real TCP segment has it).
 pub const TCP_FLAGS: u8 = 0x06;
 /// The TCP urgent pointer that marks Homa over TCP.
@@ -61,7 +68,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let p = Packet { buffer };
         let need = match p.packet_type() {
-            kind::DATA if p.doff_bytes() == DATA_HEADER_LEN - 4 => DATA_HEADER_LEN - 4,
+            kind::DATA if p.doff_bytes() == NATIVE_GSO_HEADER_LEN => NATIVE_GSO_HEADER_LEN,
             t => header_len(t).ok_or(Error::Malformed)?,
         };
         if p.buffer.as_ref().len() < need {
@@ -117,6 +124,15 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn message_length(&self) -> Option<u32> {
         (self.packet_type() == kind::DATA).then(|| be32(self.buffer.as_ref(), 28))
     }
+
+    /// DATA with its whole 56-byte header: where the packet's data sits in the message
+    /// ([`SEG_OFFSET_FROM_SEQUENCE`]: take it from `sequence`). None for other types and for a
+    /// 52-byte header (a native segmentation job, whose chunks carry their own).
+    #[inline]
+    pub fn seg_offset(&self) -> Option<u32> {
+        (self.packet_type() == kind::DATA && self.doff_bytes() != NATIVE_GSO_HEADER_LEN)
+            .then(|| be32(self.buffer.as_ref(), NATIVE_GSO_HEADER_LEN))
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +168,13 @@ mod tests {
         assert_eq!(p.message_length(), Some(1000));
         let g = header(kind::GRANT, 33);
         assert_eq!(Packet::new_checked(&g[..]).unwrap().message_length(), None);
+        assert_eq!(Packet::new_checked(&g[..]).unwrap().seg_offset(), None);
+        let mut d = d;
+        d[52..56].copy_from_slice(&2848u32.to_be_bytes());
+        assert_eq!(
+            Packet::new_checked(&d[..]).unwrap().seg_offset(),
+            Some(2848)
+        );
     }
 
     #[test]
@@ -178,6 +201,7 @@ mod tests {
         // A native-format segmentation job's DATA header is 52 bytes.
         let mut job = header(kind::DATA, 52);
         job[12] = 13 << 4;
-        assert!(Packet::new_checked(&job[..]).is_ok());
+        let p = Packet::new_checked(&job[..]).unwrap();
+        assert_eq!(p.seg_offset(), None, "its chunks carry their offsets");
     }
 }

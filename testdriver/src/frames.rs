@@ -85,18 +85,20 @@ pub fn tcp6(src: [u8; 6], dst: [u8; 6], seq: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Turns a complete, untagged TCP frame (IPv4 without options, or IPv6 without extension
-/// headers) into a segmentation job of `mss`-byte segments: the checksum field holds the
-/// pseudo-header sum and the header asks for NEEDS_CSUM. Returns (virtio-net header, frame).
+/// headers; or a Homa one, which claims TCP segmentation) into a segmentation job of
+/// `mss`-byte segments: the checksum field holds the pseudo-header sum and the header asks for
+/// NEEDS_CSUM. Returns (virtio-net header, frame).
 pub fn tso_job(mut frame: Vec<u8>, v6: bool, mss: u16) -> ([u8; 12], Vec<u8>) {
     let l3 = 14usize;
     let l4 = l3 + if v6 { 40 } else { 20 };
     let tcp_len = frame.len() - l4;
+    let proto = frame[if v6 { l3 + 6 } else { l3 + 9 }];
     let pseudo = if v6 {
         let acc = ones_sum(&frame[l3 + 8..l3 + 40], 0);
-        ones_sum(&[0, 6], ones_sum(&(tcp_len as u32).to_be_bytes(), acc))
+        ones_sum(&[0, proto], ones_sum(&(tcp_len as u32).to_be_bytes(), acc))
     } else {
         let acc = ones_sum(&frame[l3 + 12..l3 + 20], 0);
-        ones_sum(&[0, 6], ones_sum(&(tcp_len as u16).to_be_bytes(), acc))
+        ones_sum(&[0, proto], ones_sum(&(tcp_len as u16).to_be_bytes(), acc))
     };
     frame[l4 + 16..l4 + 18].copy_from_slice(&(pseudo as u16).to_be_bytes());
     let tcp_hdr = ((frame[l4 + 12] >> 4) as usize) * 4;
@@ -141,6 +143,13 @@ pub fn homa_frame(
     message_length: u32,
     payload: usize,
 ) -> Vec<u8> {
+    let mut l4 = homa_header(kind, rpc_id, message_length);
+    l4.extend((0..payload).map(|i| i as u8));
+    homa_packet(dst, src, wire, &l4)
+}
+
+/// The Homa header of a packet of type `kind` (DATA: `seg.offset` -1, sequence 0).
+fn homa_header(kind: u8, rpc_id: u64, message_length: u32) -> Vec<u8> {
     let header_len = match kind {
         0x10 => 56,
         0x11 => 33,
@@ -149,19 +158,94 @@ pub fn homa_frame(
         0x18 => 80,
         _ => 28,
     };
-    let mut l4 = vec![0u8; header_len];
-    l4[0..2].copy_from_slice(&4000u16.to_be_bytes());
-    l4[2..4].copy_from_slice(&99u16.to_be_bytes());
-    l4[11] = kind;
-    l4[12] = if kind == 0x10 { 14 << 4 } else { 5 << 4 };
-    l4[13] = 0x06;
-    l4[18..20].copy_from_slice(&0xb97du16.to_be_bytes());
-    l4[20..28].copy_from_slice(&rpc_id.to_be_bytes());
+    let mut h = vec![0u8; header_len];
+    h[0..2].copy_from_slice(&4000u16.to_be_bytes());
+    h[2..4].copy_from_slice(&99u16.to_be_bytes());
+    h[11] = kind;
+    h[12] = if kind == 0x10 { 14 << 4 } else { 5 << 4 };
+    h[13] = 0x06;
+    h[18..20].copy_from_slice(&0xb97du16.to_be_bytes());
+    h[20..28].copy_from_slice(&rpc_id.to_be_bytes());
     if kind == 0x10 {
-        l4[28..32].copy_from_slice(&message_length.to_be_bytes());
-        l4[52..56].copy_from_slice(&u32::MAX.to_be_bytes());
+        h[28..32].copy_from_slice(&message_length.to_be_bytes());
+        h[52..56].copy_from_slice(&u32::MAX.to_be_bytes());
     }
-    l4.extend((0..payload).map(|i| i as u8));
+    h
+}
+
+/// Part of a Homa message, as one DATA segmentation job carries it (see [`homa_gso_job`]).
+#[derive(Clone, Copy, Debug)]
+pub struct HomaJob<'a> {
+    pub rpc_id: u64,
+    pub message_length: u32,
+    /// Where `data` starts in the message.
+    pub offset: u32,
+    pub data: &'a [u8],
+    /// Bytes of the message per packet once cut (1424 for IPv4 at MTU 1500).
+    pub max_seg_data: usize,
+}
+
+/// A Homa DATA segmentation job as HomaModule builds one (`homa_tx_data_pkt_alloc`). Native
+/// (IP protocol 146): a 52-byte header (`doff` 13) and every chunk opening with its own
+/// `seg.offset`, `gso_size` = `max_seg_data` + 4. Over TCP: the 56-byte header with
+/// `seg.offset` = -1 and the offset in `sequence`, advanced per segment like TCP's,
+/// `gso_size` = `max_seg_data`. Returns (frame, gso_size); [`tso_job`] makes it a job.
+pub fn homa_gso_job(dst: [u8; 6], src: [u8; 6], wire: HomaWire, job: &HomaJob) -> (Vec<u8>, u16) {
+    let mut l4 = homa_header(0x10, job.rpc_id, job.message_length);
+    l4[4..8].copy_from_slice(&job.offset.to_be_bytes());
+    let gso_size = if wire.over_tcp {
+        l4.extend_from_slice(job.data);
+        job.max_seg_data
+    } else {
+        l4[12] = 13 << 4;
+        l4.truncate(52);
+        for (i, chunk) in job.data.chunks(job.max_seg_data).enumerate() {
+            let at = job.offset + (i * job.max_seg_data) as u32;
+            l4.extend_from_slice(&at.to_be_bytes());
+            l4.extend_from_slice(chunk);
+        }
+        job.max_seg_data + 4
+    };
+    (homa_packet(dst, src, wire, &l4), gso_size as u16)
+}
+
+/// What a Homa receiver (HomaModule's `homa_gro_receive` / `homa_data_pkt`) takes from a DATA
+/// packet carried as [`homa_frame`] carries it: (RPC id, offset in the message, the data). The
+/// offset is `seg.offset`, or the sequence where that is -1. None if it is not a DATA packet
+/// whose IP length is right.
+pub fn homa_data_of(frame: &[u8]) -> Option<(u64, u32, Vec<u8>)> {
+    let mut l3 = 14;
+    if frame.get(12..14)? == [0x81, 0x00] {
+        l3 += 4;
+    }
+    let (l4, end) = match frame.get(l3)? >> 4 {
+        4 => {
+            let ihl = (frame[l3] & 0x0f) as usize * 4;
+            let total = u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]) as usize;
+            (l3 + ihl, l3 + total)
+        }
+        6 => {
+            let payload = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]) as usize;
+            let ext = if frame[l3 + 6] == 60 { 8 } else { 0 };
+            (l3 + 40 + ext, l3 + 40 + payload)
+        }
+        _ => return None,
+    };
+    if end != frame.len() || frame.get(l4 + 11) != Some(&0x10) || end < l4 + 56 {
+        return None;
+    }
+    let h = &frame[l4..];
+    let be32 = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().unwrap());
+    let rpc = u64::from_be_bytes(h[20..28].try_into().unwrap());
+    let offset = match be32(52) {
+        u32::MAX => be32(4),
+        at => at,
+    };
+    Some((rpc, offset, frame[l4 + 56..end].to_vec()))
+}
+
+/// `l4` (a Homa header and what follows it) carried in Ethernet and IP as `wire` says.
+fn homa_packet(dst: [u8; 6], src: [u8; 6], wire: HomaWire, l4: &[u8]) -> Vec<u8> {
     let proto = if wire.over_tcp { 6 } else { 146 };
     let tos = wire.precedence << 5;
     let mut f = Vec::new();
@@ -192,7 +276,7 @@ pub fn homa_frame(
         f.extend_from_slice(&[0x08, 0x00]);
         f.extend_from_slice(&ip);
     }
-    f.extend_from_slice(&l4);
+    f.extend_from_slice(l4);
     f
 }
 
