@@ -14,6 +14,10 @@ pub const DEFAULT_MTU: u16 = 1500;
 /// Smallest MTU an IPv4 host must support (RFC 791).
 pub const MIN_MTU: u16 = 68;
 pub const DEFAULT_SPEED_MBPS: u32 = 10_000;
+/// Frames each priority class of an RX queue holds by default (`class_depth=`).
+pub const DEFAULT_CLASS_DEPTH: u32 = 1024;
+/// The most `class_depth=` may say.
+pub const MAX_CLASS_DEPTH: u32 = 65536;
 
 /// What a port is attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +60,11 @@ pub struct PortConfig {
     pub omx_ethertype: u16,
     /// How frames for this port are spread over its RX queues (`steer=`).
     pub steer: SteerPolicy,
+    /// `classes=`: strict priority between the eight classes in front of each RX queue (off:
+    /// every frame in class 0, first come first served).
+    pub classes: bool,
+    /// `class_depth=`: frames each class of an RX queue holds before it drops.
+    pub class_depth: u32,
 }
 
 /// `steer=`: what a port spreads arriving frames over its RX queues by (`port::steering`).
@@ -108,7 +117,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, classes, class_depth, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -126,6 +135,8 @@ impl FromStr for PortConfig {
         let mut tap_offloads = true;
         let mut omx_ethertype = crate::wire::openmx::DEFAULT_ETHERTYPE;
         let mut steer = SteerPolicy::default();
+        let mut classes = true;
+        let mut class_depth = DEFAULT_CLASS_DEPTH;
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -178,6 +189,10 @@ impl FromStr for PortConfig {
                 "tap_offloads" => tap_offloads = parse_on_off(key, value)?,
                 "omx_ethertype" => omx_ethertype = parse_ethertype(key, value)?,
                 "steer" => steer = SteerPolicy::parse(key, value)?,
+                "classes" => classes = parse_on_off(key, value)?,
+                "class_depth" => {
+                    class_depth = parse_range(key, value, 1, MAX_CLASS_DEPTH as u64)? as u32
+                }
                 "pcap_snaplen" => {
                     pcap_snaplen =
                         parse_range(key, value, 64, crate::capture::SNAPLEN as u64)? as u32
@@ -214,6 +229,8 @@ impl FromStr for PortConfig {
             tap_offloads,
             omx_ethertype,
             steer,
+            classes,
+            class_depth,
         })
     }
 }
@@ -378,6 +395,17 @@ mod tests {
         assert!(err("socket=/x,omx_ethertype=0x1ffff").contains("like 0x86df"));
         assert!(err("socket=/x,omx_ethertype=omx").contains("like 0x86df"));
         assert!(err("socket=/x,steer=rss").contains("steer=rss: expected flow, homa, omx or auto"));
+        assert!(err("socket=/x,classes=8").contains("classes=8: expected on or off"));
+        assert!(err("socket=/x,class_depth=0").contains("class_depth=0"));
+        assert!(err("socket=/x,class_depth=65537").contains("class_depth=65537"));
+    }
+
+    #[test]
+    fn priority_classes_on_by_default_and_their_depth() {
+        let c: PortConfig = "socket=/x".parse().unwrap();
+        assert_eq!((c.classes, c.class_depth), (true, DEFAULT_CLASS_DEPTH));
+        let c: PortConfig = "socket=/x,classes=off,class_depth=64".parse().unwrap();
+        assert_eq!((c.classes, c.class_depth), (false, 64));
     }
 
     #[test]

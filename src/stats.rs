@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
-use crate::frame::class::{Class, Proto, Transport};
+use crate::frame::class::{Class, Proto, Transport, CLASSES};
 use crate::offload::OffloadError;
 
 /// Why a frame was dropped.
@@ -109,6 +109,9 @@ pub struct PairCounters {
     pub tap_segments: AtomicU64,
     /// Frames that entered here (from the guest, or from the port's tap) by class.
     class: [AtomicU64; 4],
+    /// Frames dropped because their priority class in front of the RX queue was full (also
+    /// counted as `rx_no_buffer`), by class.
+    class_drops: [AtomicU64; CLASSES],
     drops: [AtomicU64; DropReason::COUNT],
     /// Offload refusals by precise reason (also counted under a [`DropReason`]).
     offload_drops: [AtomicU64; OffloadError::COUNT],
@@ -171,6 +174,12 @@ impl PairCounters {
         add(&self.drops[reason as usize], n);
     }
 
+    /// Counts a frame dropped because priority class `class` of the RX queue was full.
+    pub fn class_drop(&self, class: usize) {
+        self.drop(DropReason::RxNoBuffer);
+        add(&self.class_drops[class], 1);
+    }
+
     /// Counts a refused offload request under `reason` and its precise cause.
     pub fn offload_drop(&self, reason: DropReason, cause: OffloadError) {
         self.drop(reason);
@@ -181,7 +190,7 @@ impl PairCounters {
         self.drops[reason as usize].load(Ordering::Relaxed)
     }
 
-    fn snapshot(&self, index: u16, enabled: bool) -> PairSnapshot {
+    fn snapshot(&self, index: u16, enabled: bool, depth: [usize; CLASSES]) -> PairSnapshot {
         let ld = |c: &AtomicU64| c.load(Ordering::Relaxed);
         PairSnapshot {
             index,
@@ -222,6 +231,10 @@ impl PairCounters {
                 malformed_homa: ld(&self.class[MALFORMED_HOMA]),
                 malformed_openmx: ld(&self.class[MALFORMED_OPENMX]),
             },
+            egress: EgressSnapshot {
+                depth: depth.map(|d| d as u64),
+                drops: std::array::from_fn(|c| ld(&self.class_drops[c])),
+            },
         }
     }
 }
@@ -245,11 +258,17 @@ impl PortCounters {
         &self.pairs[pair]
     }
 
-    pub fn snapshot(&self, enabled_mask: u32) -> Vec<PairSnapshot> {
+    /// Every pair's counters; `depth(i)`: the frames waiting in each priority class of pair
+    /// i's RX queue now.
+    pub fn snapshot(
+        &self,
+        enabled_mask: u32,
+        depth: impl Fn(usize) -> [usize; CLASSES],
+    ) -> Vec<PairSnapshot> {
         self.pairs
             .iter()
             .enumerate()
-            .map(|(i, c)| c.snapshot(i as u16, enabled_mask & (1 << i) != 0))
+            .map(|(i, c)| c.snapshot(i as u16, enabled_mask & (1 << i) != 0, depth(i)))
             .collect()
     }
 }
@@ -294,6 +313,16 @@ pub struct PairSnapshot {
     pub offload: OffloadSnapshot,
     #[serde(default)]
     pub class: ClassSnapshot,
+    #[serde(default)]
+    pub egress: EgressSnapshot,
+}
+
+/// The eight strict-priority classes in front of a pair's RX queue (index: the priority, 0
+/// lowest): the frames waiting in each now, and the frames each dropped because it was full.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EgressSnapshot {
+    pub depth: [u64; CLASSES],
+    pub drops: [u64; CLASSES],
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -427,6 +456,23 @@ impl StatsSnapshot {
                     c.homa, c.openmx, c.malformed_homa, c.malformed_openmx
                 );
             }
+            let e = p.queues.iter().fold(EgressSnapshot::default(), |mut a, q| {
+                for c in 0..CLASSES {
+                    a.depth[c] += q.egress.depth[c];
+                    a.drops[c] += q.egress.drops[c];
+                }
+                a
+            });
+            if e != EgressSnapshot::default() {
+                let list =
+                    |v: &[u64; CLASSES]| v.iter().map(u64::to_string).collect::<Vec<_>>().join("/");
+                let _ = writeln!(
+                    out,
+                    "  priority classes 0-7: waiting={} dropped={}",
+                    list(&e.depth),
+                    list(&e.drops)
+                );
+            }
             let nonzero: Vec<String> = p
                 .total_drops()
                 .into_iter()
@@ -450,7 +496,7 @@ mod tests {
         let c = PortCounters::new(2);
         c.pair(1).drop(DropReason::RxNoBuffer);
         c.pair(1).drops_n(DropReason::RxNoBuffer, 2);
-        let snap = c.snapshot(0b10);
+        let snap = c.snapshot(0b10, |_| [0; CLASSES]);
         assert_eq!(snap[1].drops["rx_no_buffer"], 3);
         assert_eq!(snap[0].drops["rx_no_buffer"], 0);
         assert!(snap[1].enabled && !snap[0].enabled);

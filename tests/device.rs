@@ -211,7 +211,7 @@ fn loopback_port_without_rx_buffers_holds_a_queue_s_worth_and_counts_the_rest() 
     assert!(a.tx_wait_idle(0, WAIT).unwrap(), "TX never stalls");
     // Frames sent before the port saw its RX ring start count as `port_down` (a poller may
     // look at the RX ring only after the first TX burst); every other frame is held or counted.
-    let held = vnic::port::EGRESS_QUEUE_LEN as u64;
+    let held = vnic::config::DEFAULT_CLASS_DEPTH as u64;
     net.wait_stats("drops counted", |s| {
         let d = s.ports[0].total_drops();
         d["rx_no_buffer"] + d["port_down"] == total as u64 - held
@@ -596,7 +596,7 @@ fn full_rx_ring_drops_and_counts_without_stalling_others() {
     assert_eq!(got_c, for_c, "C receives every frame for it");
     assert!(seqs.iter().all(|s| s % 10 == 0));
     let for_b = (total - for_c as u32) as u64;
-    let queued = vnic::port::EGRESS_QUEUE_LEN as u64;
+    let queued = vnic::config::DEFAULT_CLASS_DEPTH as u64;
     net.wait_stats("drops counted", |s| {
         s.ports[1].total_drops()["rx_no_buffer"] == for_b - queued
     });
@@ -835,4 +835,117 @@ fn homa_rpcs_and_openmx_endpoints_are_steered() {
     );
     let used: HashSet<u16> = rpc_queues.values().flatten().copied().collect();
     assert_eq!(used.len(), 4, "32 RPCs reach all 4 queues");
+}
+
+/// Sends `bulk` plain frames (precedence 0) and then `urgent` Homa GRANTs (precedence 7, as
+/// HomaModule sends its control packets) from A to B while B has no RX buffers; then B posts
+/// buffers. Returns what B received, in order, and the stats at the end.
+fn bulk_then_grants(
+    b_port: &str,
+    bulk: u32,
+    urgent: u64,
+) -> (Vec<Vec<u8>>, vnic::stats::StatsSnapshot) {
+    let net = start(&["", b_port]);
+    let mut a = net.connect(0, GuestOptions::default());
+    let mut b = net.connect(
+        1,
+        GuestOptions {
+            rx_buffers: 0,
+            ..GuestOptions::default()
+        },
+    );
+    b.send(0, &[&frame(mac(1), mac(2), 60, 0)]).unwrap(); // B learned on port 1
+    assert_eq!(a.recv_wait(0, 1, WAIT).len(), 1);
+    for i in 0..bulk {
+        while a.send(0, &[&frame(mac(2), mac(1), 60, i)]).unwrap() == 0 {
+            a.tx_completed(0);
+        }
+    }
+    let grant = HomaWire {
+        precedence: 7,
+        ..HomaWire::default()
+    };
+    for rpc in 0..urgent {
+        let f = homa_frame(mac(2), mac(1), grant, HOMA_GRANT, 2 * rpc, 0, 0);
+        while a.send(0, &[&f]).unwrap() == 0 {
+            a.tx_completed(0);
+        }
+    }
+    assert!(a.tx_wait_idle(0, WAIT).unwrap());
+    let sent = bulk as u64 + urgent;
+    net.wait_stats("A's frames sent", |s| {
+        s.ports[0].queues[0].tx.packets == sent
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let mut got = Vec::new();
+    loop {
+        b.post_rx_buffers(0, 128, 2048).unwrap();
+        let more = b.recv_wait(0, 128, Duration::from_millis(500));
+        if more.is_empty() {
+            break;
+        }
+        got.extend(more.into_iter().map(|f| f.data));
+    }
+    (got, net.stats())
+}
+
+fn is_grant(f: &[u8]) -> bool {
+    f.len() > 14 + 20 + 11 && f[14 + 9] == 146 && f[14 + 20 + 11] == HOMA_GRANT
+}
+
+/// Strict priority within vnic: GRANTs that arrive behind 300 frames of bulk for a guest
+/// without buffers are delivered before all of it once buffers come (the bulk in its own
+/// order); with `classes=off` they wait at the end of the line.
+#[test]
+fn control_packets_never_wait_behind_bulk_that_came_first() {
+    let (got, s) = bulk_then_grants("", 300, 10);
+    assert_eq!(
+        got.len(),
+        310,
+        "nothing dropped: {:?}",
+        s.ports[1].total_drops()
+    );
+    assert!(got[..10].iter().all(|f| is_grant(f)), "GRANTs first");
+    let seqs: Vec<u32> = got[10..].iter().map(|f| seq_of(f)).collect();
+    assert_eq!(
+        seqs,
+        (0..300).collect::<Vec<_>>(),
+        "then the bulk, in order"
+    );
+
+    let (got, _) = bulk_then_grants("classes=off", 300, 10);
+    assert_eq!(got.len(), 310);
+    assert!(
+        got[300..].iter().all(|f| is_grant(f)),
+        "classes=off: first come, first served"
+    );
+}
+
+/// Each class has its own depth (`class_depth=`): bulk that overflows its class is dropped and
+/// counted in that class (and as `rx_no_buffer`) while the control class still has room, and
+/// every frame is either delivered or counted.
+#[test]
+fn each_class_has_its_depth_and_counts_its_drops() {
+    let (got, s) = bulk_then_grants("class_depth=32", 400, 20);
+    let q = &s.ports[1].queues[0];
+    let grants = got.iter().filter(|f| is_grant(f)).count() as u64;
+    let bulk = got.len() as u64 - grants;
+    assert_eq!(grants, 20, "the GRANTs' class had room: {:?}", q.egress);
+    assert_eq!(q.egress.drops[7], 0);
+    assert!(
+        q.egress.drops[0] > 0,
+        "bulk overflowed its class: {:?}",
+        q.egress
+    );
+    assert_eq!(
+        bulk + q.egress.drops[0],
+        400,
+        "every bulk frame delivered or counted"
+    );
+    assert!(
+        bulk <= 32 + 2 * 64,
+        "held: at most the class and what the RX stage took: {bulk}"
+    );
+    assert_eq!(q.drops["rx_no_buffer"], q.egress.drops[0]);
+    assert_eq!(q.egress.depth, [0; 8], "nothing left waiting");
 }

@@ -22,7 +22,7 @@ use crate::frame::net_header::{NetHeader, HEADER_LEN};
 use crate::frame::{Frame, FramePool};
 use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
-use crate::port::{EgressQueue, Port, EGRESS_QUEUE_LEN};
+use crate::port::{EgressQueue, Pending, Port};
 use crate::stats::{add, ClassTotals, DropReason, PairCounters};
 use crate::virtq::{Access, BadChain, ChainError, RingCache, Segment, SplitRing};
 use crate::warn_ratelimited;
@@ -373,7 +373,7 @@ impl QueuePair {
     /// queue they skipped would have taken them.
     fn take_own(&mut self) {
         for frame in self.tx_own.drain(..) {
-            if self.rx_stage.len() < EGRESS_QUEUE_LEN {
+            if self.rx_stage.len() < self.port.config.class_depth as usize {
                 self.rx_stage.hand_over(frame);
             } else {
                 self.port
@@ -523,11 +523,11 @@ impl QueuePair {
                         self.port.name,
                         self.index
                     );
-                    self.rx_stage.put_back(frame);
+                    self.rx_stage.put_back(&self.port, frame);
                     break;
                 }
                 RxOutcome::NoBuffers => {
-                    self.rx_stage.put_back(frame);
+                    self.rx_stage.put_back(&self.port, frame);
                     // Ask for a kick when buffers come; if some came meanwhile, go on.
                     if ring.arm_kicks() {
                         continue;
@@ -575,7 +575,7 @@ impl QueuePair {
         if !self.polling {
             egress.ack_wake();
         }
-        let mut wake = 0u32;
+        let mut wake = Pending::default();
         for frame in waiting(&mut self.rx_stage, egress) {
             if self.port.rx_enabled_mask() == 0 {
                 self.port

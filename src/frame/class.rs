@@ -66,6 +66,8 @@ pub struct Class {
 
 /// The highest priority, given to latency-critical Open-MX packets.
 pub const TOP_PRIORITY: u8 = 7;
+/// Priority classes (0 to [`TOP_PRIORITY`]): Homa's eight levels, the IP precedence, the PCP.
+pub const CLASSES: usize = TOP_PRIORITY as usize + 1;
 
 impl Class {
     /// Classifies the frame `data` whose headers `meta` describes; `omx_ethertype` is the

@@ -9,7 +9,7 @@ pub mod tap;
 use std::sync::Arc;
 
 use crate::frame::{Frame, FramePool};
-use crate::port::Port;
+use crate::port::{Pending, Port};
 use crate::stats::DropReason;
 
 pub use switch::{ForwardScratch, Switch};
@@ -51,7 +51,7 @@ impl Attachment {
         match self {
             Attachment::Switch(sw) => sw.forward(port, pair, batch, pool, scratch),
             Attachment::Loopback => {
-                let mut wake = 0;
+                let mut wake = Pending::default();
                 for frame in batch.drain(..) {
                     match port.steer(&frame) {
                         Some(q) if q == pair => own.push(frame),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::frame::{Frame, FramePool};
-use crate::port::Port;
+use crate::port::{Pending, Port};
 use crate::stats::DropReason;
 
 /// Upper bound on learned stations.
@@ -39,8 +39,8 @@ struct MacTable {
 /// Per-caller scratch space so that forwarding allocates nothing.
 #[derive(Default)]
 pub struct ForwardScratch {
-    /// Per port index: RX queues to wake after the batch.
-    wake: Vec<u32>,
+    /// Per port index: what the batch queued there, to publish and wake after it.
+    wake: Vec<Pending>,
     learn: Vec<Mac>,
     /// Frames adapted for a destination that is not a guest (a tap).
     pub(crate) adapted: Vec<Frame>,
@@ -121,7 +121,7 @@ impl Switch {
     ) {
         let ports = self.ports();
         scratch.wake.clear();
-        scratch.wake.resize(ports.len(), 0);
+        scratch.wake.resize(ports.len(), Pending::default());
         scratch.learn.clear();
         let now = self.now();
         let table = self.table.load();
@@ -182,10 +182,10 @@ impl Switch {
         if !scratch.learn.is_empty() {
             self.learn(src.id, &scratch.learn, now);
         }
-        for (id, queues) in scratch.wake.iter().enumerate() {
-            if *queues != 0 {
+        for (id, pending) in scratch.wake.iter().enumerate() {
+            if !pending.is_empty() {
                 if let Some(p) = &ports[id] {
-                    p.wake(*queues);
+                    p.wake(*pending);
                 }
             }
         }
@@ -333,11 +333,14 @@ mod tests {
     #[test]
     fn full_egress_queue_drops_and_counts_at_the_receiver() {
         let (sw, ports, pool) = setup(2, 300);
-        let n = crate::port::EGRESS_QUEUE_LEN + 5;
+        let n = crate::config::DEFAULT_CLASS_DEPTH as usize + 5;
         for _ in 0..n {
             send(&sw, &pool, &ports[0], BCAST, A);
         }
-        assert_eq!(ports[1].egress[0].len(), crate::port::EGRESS_QUEUE_LEN);
+        assert_eq!(
+            ports[1].egress[0].len(),
+            crate::config::DEFAULT_CLASS_DEPTH as usize
+        );
         assert_eq!(ports[1].counters.pair(0).drops(DropReason::RxNoBuffer), 5);
     }
 

@@ -3,24 +3,23 @@
 //!
 //! Frames reach a port's guest through its **egress queues**, one per RX queue: whoever
 //! forwards a frame (another port's worker, the switch) steers it to one RX queue, pushes it
-//! there without a lock and wakes that queue's worker through an eventfd, once per batch. The
-//! worker copies it into the guest. A full egress queue drops and counts, so a guest that does
-//! not post RX buffers never holds up the sender. (Room to grow: per-class queues for strict
-//! priority egress go here.)
+//! into the class of its priority there without a lock and wakes that queue's worker through an
+//! eventfd, once per batch. The worker copies it into the guest, the highest class first. A full
+//! class drops and counts, so a guest that does not post RX buffers never holds up the sender.
 //!
 //! - [`steering`]: which of a port's RX queues receives a frame.
+//! - [`egress`]: the eight strict-priority classes in front of each RX queue.
 //!
 //! A tap port's tap belongs to its attachment (`net::Attachment::Tap`), not to the port.
 
+pub mod egress;
 pub mod steering;
 
+pub use egress::{EgressQueue, Pending, CLASSES};
+
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-
-use crossbeam_queue::ArrayQueue;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::capture::Capture;
 use crate::config::PortConfig;
@@ -30,60 +29,6 @@ use crate::offload::{adapt_for, RxCaps};
 use crate::poller::PollSlot;
 use crate::stats::{add, DropReason, PortCounters, PortSnapshot};
 use crate::warn_ratelimited;
-
-/// Frames an RX queue can hold while its guest has no free buffers.
-pub const EGRESS_QUEUE_LEN: usize = 1024;
-
-/// Frames waiting for one RX queue, and the eventfd that wakes its worker.
-pub struct EgressQueue {
-    frames: ArrayQueue<Frame>,
-    wake: EventFd,
-    wake_pending: AtomicBool,
-    /// A poller serves this queue: it looks without being woken.
-    polled: bool,
-}
-
-impl EgressQueue {
-    fn new(polled: bool) -> io::Result<Self> {
-        Ok(EgressQueue {
-            frames: ArrayQueue::new(EGRESS_QUEUE_LEN),
-            wake: EventFd::new(EFD_NONBLOCK)?,
-            wake_pending: AtomicBool::new(false),
-            polled,
-        })
-    }
-
-    pub fn pop(&self) -> Option<Frame> {
-        self.frames.pop()
-    }
-
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    /// Wakes the worker unless a wake-up is already pending: one eventfd write per batch.
-    pub fn wake(&self) {
-        if !self.polled && !self.wake_pending.swap(true, Ordering::AcqRel) {
-            let _ = self.wake.write(1);
-        }
-    }
-
-    /// Called by the worker when woken, before it drains the queue: frames pushed after this
-    /// wake it again. (Not needed when it drains for another reason: a wake-up still pending
-    /// will come, so nothing waits unseen.)
-    pub fn ack_wake(&self) {
-        let _ = self.wake.read();
-        self.wake_pending.store(false, Ordering::SeqCst);
-    }
-
-    pub fn wake_fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
-    }
-}
 
 pub struct Port {
     /// Index in the daemon's port list.
@@ -115,7 +60,7 @@ impl Port {
     ) -> io::Result<Port> {
         let polled = !poll_slots.is_empty();
         let egress = (0..config.queues)
-            .map(|_| EgressQueue::new(polled))
+            .map(|_| EgressQueue::new(config.class_depth as usize, polled))
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Port {
             id,
@@ -137,12 +82,13 @@ impl Port {
         self.config.queues as usize
     }
 
-    /// Steers `frame` to one of this port's RX queues and queues it there. Sets the queue's bit
-    /// in `wake` so the caller wakes it once for the whole batch (see [`Port::wake`]).
+    /// Steers `frame` to one of this port's RX queues and queues it there, in the class of its
+    /// priority. Notes the queue and class in `pending` so the caller publishes and wakes them
+    /// once for the whole batch (see [`Port::wake`]).
     #[inline]
-    pub fn enqueue(&self, frame: Frame, pool: &FramePool, wake: &mut u32) {
+    pub fn enqueue(&self, frame: Frame, pool: &FramePool, pending: &mut Pending) {
         match self.steer(&frame) {
-            Some(q) => self.enqueue_to(q, frame, pool, wake),
+            Some(q) => self.enqueue_to(q, frame, pool, pending),
             None => self.drop_unsteered(frame, pool),
         }
     }
@@ -159,13 +105,24 @@ impl Port {
         }
     }
 
+    /// The class `frame` waits in on this port: its priority, or 0 for all with `classes=off`.
+    #[inline]
+    pub fn class_of(&self, frame: &Frame) -> usize {
+        if self.config.classes {
+            frame.meta.class.priority as usize % CLASSES
+        } else {
+            0
+        }
+    }
+
     /// Queues `frame` for RX queue `q` (see [`Port::enqueue`]).
     #[inline]
-    pub fn enqueue_to(&self, q: usize, frame: Frame, pool: &FramePool, wake: &mut u32) {
-        match self.egress[q].frames.push(frame) {
-            Ok(()) => *wake |= 1 << q,
+    pub fn enqueue_to(&self, q: usize, frame: Frame, pool: &FramePool, pending: &mut Pending) {
+        let class = self.class_of(&frame);
+        match self.egress[q].push(class, frame) {
+            Ok(()) => pending.add(q, class),
             Err(frame) => {
-                self.counters.pair(q).drop(DropReason::RxNoBuffer);
+                self.counters.pair(q).class_drop(class);
                 pool.put(frame);
             }
         }
@@ -207,12 +164,11 @@ impl Port {
         }
     }
 
-    /// Wakes the workers of the RX queues whose bits are set.
-    pub fn wake(&self, mut queues: u32) {
-        while queues != 0 {
-            let q = queues.trailing_zeros() as usize;
+    /// Publishes what a batch queued (`pending`) and wakes the workers of those RX queues.
+    pub fn wake(&self, pending: Pending) {
+        for (q, classes) in pending.queues() {
+            self.egress[q].publish(classes);
             self.egress[q].wake();
-            queues &= queues - 1;
         }
     }
 
@@ -274,7 +230,9 @@ impl Port {
             features,
             feature_names: features::names(features),
             queue_pairs: self.config.queues,
-            queues: self.counters.snapshot(self.rx_enabled_mask()),
+            queues: self
+                .counters
+                .snapshot(self.rx_enabled_mask(), |q| self.egress[q].depths()),
         }
     }
 }
