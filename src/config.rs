@@ -18,6 +18,10 @@ pub const DEFAULT_SPEED_MBPS: u32 = 10_000;
 pub const DEFAULT_CLASS_DEPTH: u32 = 1024;
 /// The most `class_depth=` may say.
 pub const MAX_CLASS_DEPTH: u32 = 65536;
+/// `rx_usecs=` by default: how long bulk frames may wait for their interrupt.
+pub const DEFAULT_RX_USECS: u32 = 20;
+/// `rx_frames=` by default: how many bulk frames may wait for their interrupt.
+pub const DEFAULT_RX_FRAMES: u32 = 32;
 
 /// What a port is attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +69,10 @@ pub struct PortConfig {
     pub classes: bool,
     /// `class_depth=`: frames each class of an RX queue holds before it drops.
     pub class_depth: u32,
+    /// `rx_usecs=`: the longest bulk frames wait for an RX interrupt (0: no coalescing).
+    pub rx_usecs: u32,
+    /// `rx_frames=`: the most bulk frames that wait for an RX interrupt.
+    pub rx_frames: u32,
 }
 
 /// `steer=`: what a port spreads arriving frames over its RX queues by (`port::steering`).
@@ -117,7 +125,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, classes, class_depth, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, classes, class_depth, rx_usecs, rx_frames, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -137,6 +145,8 @@ impl FromStr for PortConfig {
         let mut steer = SteerPolicy::default();
         let mut classes = true;
         let mut class_depth = DEFAULT_CLASS_DEPTH;
+        let mut rx_usecs = DEFAULT_RX_USECS;
+        let mut rx_frames = DEFAULT_RX_FRAMES;
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -190,6 +200,8 @@ impl FromStr for PortConfig {
                 "omx_ethertype" => omx_ethertype = parse_ethertype(key, value)?,
                 "steer" => steer = SteerPolicy::parse(key, value)?,
                 "classes" => classes = parse_on_off(key, value)?,
+                "rx_usecs" => rx_usecs = parse_range(key, value, 0, 1_000_000)? as u32,
+                "rx_frames" => rx_frames = parse_range(key, value, 1, 4096)? as u32,
                 "class_depth" => {
                     class_depth = parse_range(key, value, 1, MAX_CLASS_DEPTH as u64)? as u32
                 }
@@ -231,6 +243,8 @@ impl FromStr for PortConfig {
             steer,
             classes,
             class_depth,
+            rx_usecs,
+            rx_frames,
         })
     }
 }
@@ -398,6 +412,8 @@ mod tests {
         assert!(err("socket=/x,classes=8").contains("classes=8: expected on or off"));
         assert!(err("socket=/x,class_depth=0").contains("class_depth=0"));
         assert!(err("socket=/x,class_depth=65537").contains("class_depth=65537"));
+        assert!(err("socket=/x,rx_usecs=-1").contains("rx_usecs=-1: expected a number from 0"));
+        assert!(err("socket=/x,rx_frames=0").contains("rx_frames=0"));
     }
 
     #[test]
@@ -406,6 +422,12 @@ mod tests {
         assert_eq!((c.classes, c.class_depth), (true, DEFAULT_CLASS_DEPTH));
         let c: PortConfig = "socket=/x,classes=off,class_depth=64".parse().unwrap();
         assert_eq!((c.classes, c.class_depth), (false, 64));
+        assert_eq!(
+            (c.rx_usecs, c.rx_frames),
+            (DEFAULT_RX_USECS, DEFAULT_RX_FRAMES)
+        );
+        let c: PortConfig = "socket=/x,rx_usecs=0,rx_frames=1".parse().unwrap();
+        assert_eq!((c.rx_usecs, c.rx_frames), (0, 1));
     }
 
     #[test]

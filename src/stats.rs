@@ -109,6 +109,9 @@ pub struct PairCounters {
     pub tap_segments: AtomicU64,
     /// Frames that entered here (from the guest, or from the port's tap) by class.
     class: [AtomicU64; 4],
+    /// RX interrupts by why they were raised: a latency-critical frame, `rx_frames` frames, the
+    /// `rx_usecs` window's end (also counted in `rx_interrupts`).
+    rx_irq: [AtomicU64; 3],
     /// Frames dropped because their priority class in front of the RX queue was full (also
     /// counted as `rx_no_buffer`), by class.
     class_drops: [AtomicU64; CLASSES],
@@ -174,6 +177,15 @@ impl PairCounters {
         add(&self.drops[reason as usize], n);
     }
 
+    /// Counts an RX interrupt raised for `why`.
+    #[inline]
+    pub fn rx_interrupt(&self, why: IrqCause) {
+        add(&self.rx_interrupts, 1);
+        if why != IrqCause::Always {
+            add(&self.rx_irq[why as usize - 1], 1);
+        }
+    }
+
     /// Counts a frame dropped because priority class `class` of the RX queue was full.
     pub fn class_drop(&self, class: usize) {
         self.drop(DropReason::RxNoBuffer);
@@ -230,6 +242,11 @@ impl PairCounters {
                 openmx: ld(&self.class[OPENMX]),
                 malformed_homa: ld(&self.class[MALFORMED_HOMA]),
                 malformed_openmx: ld(&self.class[MALFORMED_OPENMX]),
+            },
+            rx_irq: IrqSnapshot {
+                urgent: ld(&self.rx_irq[0]),
+                frames: ld(&self.rx_irq[1]),
+                timer: ld(&self.rx_irq[2]),
             },
             egress: EgressSnapshot {
                 depth: depth.map(|d| d as u64),
@@ -315,6 +332,28 @@ pub struct PairSnapshot {
     pub class: ClassSnapshot,
     #[serde(default)]
     pub egress: EgressSnapshot,
+    #[serde(default)]
+    pub rx_irq: IrqSnapshot,
+}
+
+/// Why a pair's RX interrupts were raised (`rx_usecs=`/`rx_frames=` coalescing): at once for a
+/// latency-critical frame, once `rx_frames` bulk frames waited, or at the end of the window.
+/// Interrupts without coalescing (`rx_usecs=0`) count in `rx.interrupts` only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IrqSnapshot {
+    pub urgent: u64,
+    pub frames: u64,
+    pub timer: u64,
+}
+
+/// Why an RX interrupt is raised (see [`IrqSnapshot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqCause {
+    /// No coalescing, or entries that are not frames.
+    Always = 0,
+    Urgent = 1,
+    Frames = 2,
+    Timer = 3,
 }
 
 /// The eight strict-priority classes in front of a pair's RX queue (index: the priority, 0

@@ -949,3 +949,57 @@ fn each_class_has_its_depth_and_counts_its_drops() {
     assert_eq!(q.drops["rx_no_buffer"], q.egress.drops[0]);
     assert_eq!(q.egress.depth, [0; 8], "nothing left waiting");
 }
+
+/// Per-class interrupt policy: bulk frames wait for their interrupt until the `rx_usecs`
+/// window ends (here 300 ms, long enough to see) or `rx_frames` of them wait; a latency-critical
+/// frame (a Homa GRANT) raises it at once. The used entries are there at once either way.
+#[test]
+fn latency_critical_frames_interrupt_at_once_and_bulk_is_coalesced() {
+    let net = start(&["", "rx_usecs=300000,rx_frames=16"]);
+    let mut a = net.connect(0, GuestOptions::default());
+    let mut b = net.connect(1, GuestOptions::default());
+    b.send(0, &[&frame(mac(1), mac(2), 60, 0)]).unwrap(); // B learned on port 1
+    assert_eq!(a.recv_wait(0, 1, WAIT).len(), 1);
+    let irq = |net: &Net| net.stats().ports[1].queues[0].rx_irq.clone();
+    let bulk: Vec<Vec<u8>> = (0..5).map(|i| frame(mac(2), mac(1), 60, i)).collect();
+    let t0 = std::time::Instant::now();
+    a.send(0, &bulk.iter().map(|f| f.as_slice()).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(b.recv_wait(0, 5, WAIT).len(), 5, "delivered at once");
+    let early = irq(&net);
+    if t0.elapsed() < Duration::from_millis(250) {
+        assert_eq!(
+            (early.urgent, early.frames, early.timer),
+            (0, 0, 0),
+            "bulk waits"
+        );
+    }
+    net.wait_stats("the window's end raised it", |s| {
+        s.ports[1].queues[0].rx_irq.timer == 1
+    });
+    assert!(
+        t0.elapsed() >= Duration::from_millis(290),
+        "not before the window ended"
+    );
+
+    let grant = homa_frame(mac(2), mac(1), HomaWire::default(), HOMA_GRANT, 4, 0, 0);
+    let t1 = std::time::Instant::now();
+    a.send(0, &[&grant]).unwrap();
+    net.wait_stats("a GRANT raises it at once", |s| {
+        s.ports[1].queues[0].rx_irq.urgent == 1
+    });
+    assert!(
+        t1.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t1.elapsed()
+    );
+    assert_eq!(b.recv_wait(0, 1, WAIT).len(), 1);
+
+    let bulk: Vec<Vec<u8>> = (0..16).map(|i| frame(mac(2), mac(1), 60, i)).collect();
+    a.send(0, &bulk.iter().map(|f| f.as_slice()).collect::<Vec<_>>())
+        .unwrap();
+    net.wait_stats("16 frames raise it", |s| {
+        s.ports[1].queues[0].rx_irq.frames >= 1
+    });
+    assert_eq!(b.recv_wait(0, 16, WAIT).len(), 16);
+}

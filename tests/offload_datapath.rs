@@ -170,50 +170,74 @@ fn tso_job_passes_as_is_to_a_guest_that_takes_it() {
 }
 
 /// A Homa message of 60 000 bytes sent as one segmentation job (as a Linux guest running
-/// HomaModule with TSO sends it), in both of Homa's formats over IPv4 and IPv6, reaches a guest
-/// that takes TSO as Homa packets of at most 1424 bytes of message, each at its offset.
+/// HomaModule with TSO sends it), in both of Homa's formats over IPv4 and IPv6. Native
+/// (protocol 146): cut as Homa even for a guest that takes TSO, into packets of at most 1424
+/// bytes of message, each at its offset. Homa over TCP: a TCP job by design, whole for a guest
+/// that takes TSO, cut as TCP (each packet's offset in its sequence) for one that does not.
 #[test]
-fn homa_jobs_are_cut_as_homa_for_a_guest_that_takes_tso() {
-    let net = start(&["", ""]);
+fn homa_jobs_reach_guests_as_homa_packets_or_whole_tcp_shaped_jobs() {
+    let net = start(&["", "", ""]);
     let mut a = net.connect(0, tso_sender());
     let mut b = net.connect(1, tso_receiver());
+    let mut c = net.connect(
+        2,
+        GuestOptions {
+            features: Some(plain()),
+            ..GuestOptions::default()
+        },
+    );
+    announce(&mut b, mac(2), &mut [&mut a, &mut c]);
+    announce(&mut c, mac(3), &mut [&mut a, &mut b]);
     let message = payload(60_000);
-    let mut jobs = 0;
-    let mut cut = 0;
+    let n = 60_000usize.div_ceil(1424);
+    let (mut jobs, mut cut_b, mut cut_c) = (0, 0, 0);
+    let mut rpc = 0x100;
     for (v6, over_tcp) in [(false, false), (true, false), (false, true), (true, true)] {
         let wire = frames::HomaWire {
             v6,
             over_tcp,
             ..frames::HomaWire::default()
         };
-        let rpc = 0x100 + jobs;
-        let job = frames::HomaJob {
-            rpc_id: rpc,
-            message_length: 60_000,
-            offset: 0,
-            data: &message,
-            max_seg_data: 1424,
-        };
-        let (f, gso_size) = frames::homa_gso_job(mac(2), mac(1), wire, &job);
-        let (hdr, job) = frames::tso_job(f, v6, gso_size);
-        assert!(a.send_with_header(0, &hdr, &job).unwrap());
-        jobs += 1;
-        let n = 60_000usize.div_ceil(1424);
-        cut += n as u64;
-        let mut joined = Vec::new();
-        for f in recv_n(&mut b, n) {
-            assert_eq!(f.hdr[1], 0, "a Homa packet, not a TCP job");
-            let (id, at, data) = frames::homa_data_of(&f.data).expect("a Homa DATA packet");
-            assert_eq!((id, at as usize), (rpc, joined.len()), "{wire:?}");
-            joined.extend(data);
+        for (to, guest, port) in [(mac(2), &mut b, 1), (mac(3), &mut c, 2)] {
+            rpc += 1;
+            let job = frames::HomaJob {
+                rpc_id: rpc,
+                message_length: 60_000,
+                offset: 0,
+                data: &message,
+                max_seg_data: 1424,
+            };
+            let (f, gso_size) = frames::homa_gso_job(to, mac(1), wire, &job);
+            let (hdr, job) = frames::tso_job(f, v6, gso_size);
+            assert!(a.send_with_header(0, &hdr, &job).unwrap());
+            jobs += 1;
+            if over_tcp && port == 1 {
+                let got = recv_n(guest, 1);
+                assert_eq!(got[0].data, job, "{wire:?}: the TCP-shaped job, whole");
+                assert_eq!(got[0].hdr[1], hdr[1]);
+                continue;
+            }
+            *(if port == 1 { &mut cut_b } else { &mut cut_c }) += n as u64;
+            let mut joined = Vec::new();
+            for f in recv_n(guest, n) {
+                assert_eq!(f.hdr[1], 0, "{wire:?}: a Homa packet, not a job");
+                let (id, at, data) = frames::homa_data_of(&f.data).expect("a Homa DATA packet");
+                assert_eq!((id, at as usize), (rpc, joined.len()), "{wire:?}");
+                joined.extend(data);
+            }
+            assert_eq!(joined, message, "{wire:?}");
         }
-        assert_eq!(joined, message, "{wire:?}");
     }
     let s = net.stats();
-    let (tx, rx) = (&s.ports[0].queues[0], &s.ports[1].queues[0]);
-    assert_eq!((tx.offload.tx_gso, tx.offload.tx_homa_gso), (jobs, jobs));
-    assert_eq!(rx.offload.rx_segments, cut);
-    assert_eq!(rx.offload.rx_gso, 0, "nothing passed or merged as TCP");
+    let tx = &s.ports[0].queues[0].offload;
+    assert_eq!((tx.tx_gso, tx.tx_homa_gso), (jobs, jobs));
+    let (rx_b, rx_c) = (&s.ports[1].queues[0].offload, &s.ports[2].queues[0].offload);
+    assert_eq!(
+        (rx_b.rx_segments, rx_b.rx_gso),
+        (cut_b, 2),
+        "native cut, over TCP whole"
+    );
+    assert_eq!((rx_c.rx_segments, rx_c.rx_gso), (cut_c, 0));
 }
 
 #[test]

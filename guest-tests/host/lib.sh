@@ -12,6 +12,13 @@
 #   GT_LOGS   log directory (default target/guest-tests/NAME; emptied when run by hand)
 #   GT_WORK   fresh work directory for sockets and scratch files (default: a new /tmp dir)
 #   VNIC_BIN  the vnic binary (default target/release/vnic)
+# Set by a scenario before it sources this file, for a guest image other than the default:
+#   GT_IMAGE        directory with the image's vmlinuz and initramfs.cpio.gz, booted by every
+#                   boot_guest (default target/guest/, images/build-guest)
+#   GT_IMAGE_BUILD  the command that builds it (run from the repository; cached builds are
+#                   quick); its failure fails the scenario, e.g. images/build-homa
+#   GT_SKIP_REASON  the scenario found it cannot run here (e.g. HOMA_SRC not given): it is
+#                   reported as SKIP with this reason before anything is built or booted
 #
 # Conventions:
 #   fail MSG      the scenario's verdict: writes MSG to $GT_LOGS/reason and exits 1
@@ -40,7 +47,7 @@ RUN_VM=$GT_REPO/scripts/run-vm
 GUEST_TIMEOUT=${GUEST_TIMEOUT:-200}
 
 GT_T0=$(date +%s.%N)
-rm -f "$GT_LOGS/reason"
+rm -f "$GT_LOGS/reason" "$GT_LOGS/skip"
 
 # --- output and verdict -----------------------------------------------------------
 elapsed() { awk -v s="$GT_T0" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'; }
@@ -51,6 +58,13 @@ fail() {
     exit 1
 }
 pass() { log "PASS${1:+: $*}"; exit 0; }
+# skip REASON: the scenario cannot run here (something it needs is not given, e.g. HOMA_SRC):
+# never a pass. Exit status 77; scripts/guest-tests reports "SKIP NAME: REASON".
+skip() {
+    log "SKIP: $*"
+    printf '%s\n' "$*" >"$GT_LOGS/skip"
+    exit 77
+}
 need_cmd() { local c; for c; do command -v "$c" >/dev/null || fail "host command not found: $c (run scripts/install-deps)"; done; }
 
 # --- cleanup ----------------------------------------------------------------------
@@ -104,10 +118,22 @@ trap 'fail "terminated (SIGTERM): test ran out of time?"' TERM
 run_bg() { "$@" & GT_BG_PIDS+=($!); }
 
 # --- preconditions ----------------------------------------------------------------
+[[ -z "${GT_SKIP_REASON:-}" ]] || skip "$GT_SKIP_REASON"
 [[ $(id -u) == 0 ]] || fail "needs root (vhost-user sockets, taps, network namespaces)"
 [[ -x "$VNIC_BIN" ]] || fail "vnic binary missing: $VNIC_BIN (cargo build --release)"
-[[ -r $GT_REPO/target/guest/vmlinuz && -r $GT_REPO/target/guest/initramfs.cpio.gz ]] \
-    || fail "guest image missing (images/build-guest)"
+if [[ -n "${GT_IMAGE_BUILD:-}" ]]; then
+    log "building the guest image: $GT_IMAGE_BUILD (log: $GT_LOGS/image-build.log)"
+    (cd "$GT_REPO" && $GT_IMAGE_BUILD) >"$GT_LOGS/image-build.log" 2>&1 \
+        || fail "$GT_IMAGE_BUILD failed: $(grep -a -m1 'error:' "$GT_LOGS/image-build.log" || tail -n 1 "$GT_LOGS/image-build.log")"
+fi
+GT_IMAGE_OPTS=()
+if [[ -n "${GT_IMAGE:-}" ]]; then
+    GT_IMAGE_OPTS=(--kernel "$GT_IMAGE/vmlinuz" --initrd "$GT_IMAGE/initramfs.cpio.gz")
+else
+    GT_IMAGE=$GT_REPO/target/guest
+fi
+[[ -r $GT_IMAGE/vmlinuz && -r $GT_IMAGE/initramfs.cpio.gz ]] \
+    || fail "guest image missing in $GT_IMAGE (${GT_IMAGE_BUILD:-images/build-guest})"
 need_cmd jq ip qemu-system-x86_64
 
 # --- ports and vnic -----------------------------------------------------------------
@@ -192,7 +218,7 @@ boot_guest() {
     local id=$1 test=$2 args=$3; shift 3
     local cmd=("$RUN_VM" --socket "${P_SOCK[$id]}" --queues "${P_Q[$id]}" --mac "${P_MAC[$id]}"
                --mtu "${P_MTU[$id]}" --test "$test" --args "$args" --timeout "$GUEST_TIMEOUT"
-               --log "$GT_LOGS/$id.console.log" "$@")
+               --log "$GT_LOGS/$id.console.log" "${GT_IMAGE_OPTS[@]}" "$@")
     log "booting guest $id: ${cmd[*]}"
     "${cmd[@]}" >"$GT_LOGS/$id.run-vm.log" 2>&1 </dev/null &
     GUEST_PID[$id]=$!

@@ -6,7 +6,7 @@
 //! are driven through the ring layer ([`crate::virtq`]) a burst at a time: one `avail.idx`
 //! read, one `used.idx` store and one interrupt decision per burst, counters added per burst.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
+use super::irq::{Decision, Raise, RxIrq, RxTimer};
 use super::rx_stage::RxStage;
 use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
 use crate::frame::net_header::{NetHeader, HEADER_LEN};
@@ -107,6 +108,11 @@ pub struct QueuePair {
     /// The call eventfd of the RX and TX rings at the last pass (see [`CallWatch`]).
     rx_call: CallWatch,
     tx_call: CallWatch,
+    /// When the RX interrupt is raised (coalescing of bulk frames).
+    rx_irq: RxIrq,
+    /// Event mode: ends a coalescing window (the worker watches it). None in poll mode, or if
+    /// no timerfd could be had (then nothing is coalesced).
+    rx_timer: Option<RxTimer>,
 }
 
 /// Which call eventfd a ring had when its pair last looked.
@@ -161,6 +167,24 @@ impl QueuePair {
         let mut rx_ring = RingCache::default();
         tx_ring.set_polling(polling);
         rx_ring.set_polling(polling);
+        let rx_timer = if polling {
+            None
+        } else {
+            RxTimer::new()
+                .map_err(|e| {
+                    warn_ratelimited!(
+                        "port {} queue {index}: no timerfd ({e}): RX interrupts not coalesced",
+                        port.name
+                    )
+                })
+                .ok()
+        };
+        let rx_usecs = if polling || rx_timer.is_some() {
+            port.config.rx_usecs
+        } else {
+            0
+        };
+        let rx_irq = RxIrq::new(rx_usecs, port.config.rx_frames);
         QueuePair {
             index,
             mem: None,
@@ -186,6 +210,8 @@ impl QueuePair {
             tx_armed: true,
             rx_call: CallWatch::default(),
             tx_call: CallWatch::default(),
+            rx_irq,
+            rx_timer,
         }
     }
 
@@ -424,6 +450,7 @@ impl QueuePair {
         let steered_here = self.port.rx_enabled_mask() & (1 << self.index) != 0;
         if self.polling
             && steered_here
+            && !self.rx_irq.open()
             && self.rx_stage.is_empty()
             && self.port.egress[self.index].is_empty()
         {
@@ -467,6 +494,9 @@ impl QueuePair {
         }
         let mut totals = BurstTotals::default();
         let mut unsignalled = 0;
+        // Since the last interrupt decision: a latency-critical frame delivered; entries that
+        // are not frames (returned bad chains) published.
+        let (mut urgent, mut others) = (false, false);
         while let Some(mut frame) = self.rx_stage.next(
             &self.port,
             self.attachment.tap(),
@@ -493,11 +523,13 @@ impl QueuePair {
                     totals.packets += 1;
                     totals.bytes += frame.data.len() as u64;
                     totals.gso += (frame.header.gso_type != 0) as u64;
+                    urgent |= frame.meta.class.latency_critical;
                     self.rx_spent.push(frame);
                     unsignalled += 1;
                     if unsignalled >= BATCH {
-                        signal_rx(ring, state, counters);
-                        unsignalled = 0;
+                        let d = self.rx_irq.on_published(unsignalled as u32, urgent, others);
+                        decide_rx(ring, state, counters, d, self.rx_timer.as_ref());
+                        (unsignalled, urgent, others) = (0, false, false);
                     } else if unsignalled.is_multiple_of(RX_PUBLISH_EVERY) {
                         // Hand the driver what it can have already (a plain store): a polling
                         // driver starts on these while the rest are copied, so the two sides
@@ -506,6 +538,7 @@ impl QueuePair {
                     }
                 }
                 RxOutcome::Dropped(reason) => {
+                    others = true;
                     counters.drop(reason);
                     warn_ratelimited!(
                         "port {} queue {}: dropped an RX frame: {}",
@@ -541,7 +574,8 @@ impl QueuePair {
             }
         }
         // Entries of dropped frames (bad chains) are published too.
-        signal_rx(ring, state, counters);
+        let d = self.rx_irq.on_published(unsignalled as u32, urgent, others);
+        decide_rx(ring, state, counters, d, self.rx_timer.as_ref());
         self.rx_ring.end(state.get_queue_mut());
         self.pool.put_many(&mut self.rx_spent);
         add(&counters.rx_packets, totals.packets);
@@ -550,6 +584,36 @@ impl QueuePair {
         if let Some(capture) = &self.port.capture {
             capture.flush();
         }
+    }
+
+    /// The fd of the timer that ends this pair's RX coalescing windows (event mode).
+    pub fn rx_timer_fd(&self) -> Option<RawFd> {
+        self.rx_timer.as_ref().map(RxTimer::fd)
+    }
+
+    /// Event mode: the RX coalescing window's timer fired: raise the interrupt the frames
+    /// delivered in the window wait for (if the guest still wants it).
+    pub fn on_rx_timer(&mut self, vring: &Vring) {
+        if let Some(t) = &self.rx_timer {
+            t.ack();
+        }
+        if !self.rx_irq.expire() {
+            return;
+        }
+        let mut guard = vring.get_mut();
+        let state = &mut *guard;
+        let Some(mem) = &self.mem else {
+            return;
+        };
+        if !(state.get_queue().ready() && state.is_enabled()) {
+            return;
+        }
+        let Ok(ring) = self.rx_ring.begin(state.get_queue(), mem) else {
+            return;
+        };
+        let counters = self.port.counters.pair(self.index);
+        decide_rx(ring, state, counters, Decision::Raise(Raise::Timer), None);
+        self.rx_ring.end(state.get_queue_mut());
     }
 
     /// The RX ring was stopped: drop (and count) every frame waiting for it.
@@ -564,6 +628,7 @@ impl QueuePair {
     /// The RX queue is not usable (disabled, reset, or not set up yet): stop steering to it
     /// and hand what waits for it to the port's other RX queues.
     fn on_rx_disabled(&mut self, tap_watch: &dyn TapWatch) {
+        self.rx_irq.reset();
         if self.port.rx_enabled_mask() & (1 << self.index) != 0 {
             self.port.set_rx_enabled(self.index, false);
         }
@@ -591,19 +656,33 @@ impl QueuePair {
     }
 }
 
-/// Publishes what was completed on RX ring `ring` and raises the interrupt if the guest wants
-/// one for it.
-fn signal_rx(
+/// Publishes what was completed on RX ring `ring` and, as the interrupt policy decided, raises
+/// the interrupt now if the guest wants one for it (counted by why), or leaves it to the end of
+/// the coalescing window (arming `timer` when the window opened).
+fn decide_rx(
     ring: &mut SplitRing,
     state: &mut VringState<GuestMemAtomic>,
     counters: &PairCounters,
+    decision: Decision,
+    timer: Option<&RxTimer>,
 ) {
     // Not "if anything was published now": entries published earlier in the burst (every
     // `RX_PUBLISH_EVERY`) still wait for this decision; `needs_interrupt` knows what is new.
     ring.publish();
-    if ring.needs_interrupt() {
-        let _ = state.signal_used_queue();
-        add(&counters.rx_interrupts, 1);
+    match decision {
+        // (A timer still armed for a window closed early is not disarmed: its one stale
+        // expiry finds no window open, which costs less than a syscall per interrupt.)
+        Decision::Raise(why) => {
+            if ring.needs_interrupt() {
+                let _ = state.signal_used_queue();
+                counters.rx_interrupt(why);
+            }
+        }
+        Decision::Wait { until, opened } => {
+            if let (true, Some(t)) = (opened, timer) {
+                t.arm(until);
+            }
+        }
     }
 }
 

@@ -112,6 +112,10 @@ impl PortBackend {
         self.num_queues() as u64 + 2
     }
 
+    fn rx_timer_token(&self) -> u64 {
+        self.num_queues() as u64 + 3
+    }
+
     /// Registers each pair's egress eventfd with its worker. Call once, before accepting.
     pub fn attach_workers(
         &self,
@@ -120,6 +124,14 @@ impl PortBackend {
         for (pair, worker) in workers.iter().enumerate() {
             let fd = self.inner.port.egress[pair].wake_fd();
             worker.register_listener(fd, EventSet::IN, self.egress_token())?;
+            let timer = self
+                .inner
+                .pairs
+                .get(pair)
+                .and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).rx_timer_fd());
+            if let Some(fd) = timer {
+                worker.register_listener(fd, EventSet::IN, self.rx_timer_token())?;
+            }
         }
         let _ = self
             .inner
@@ -327,6 +339,8 @@ impl VhostUserBackend for PortBackend {
             pair.process_rx(rx, self);
         } else if token == self.tap_token() {
             pair.process_rx(rx, self);
+        } else if token == self.rx_timer_token() {
+            pair.on_rx_timer(rx);
         }
         if pair.moved() != before {
             pair.spin(rx, tx, self);

@@ -22,15 +22,17 @@
 //! for a frame nobody parsed); the headers are read and written through the
 //! [`wire`](crate::wire) views.
 //!
-//! Homa frames claim to be TCP GSO jobs (see `shared/reference/homa-openmx-wire.md`). vnic cuts
-//! them the way Homa means, in both of its formats, for every destination: none of them can
-//! take a Homa job as such (a guest or a tap that takes TSO would treat it as TCP), and Homa
-//! packets are never merged by LRO.
-//! - Native (IP protocol 146, `GsoKind::Homa`): the 52-byte DATA header is replicated, every
-//!   `gso_size` chunk of payload starts with its own 4-byte `seg.offset`, the sequence is not
-//!   advanced, and the checksum sits in TCP's slot with protocol 146 in the pseudo-header.
-//! - Homa over TCP (IP protocol 6 with Homa's flags and urgent pointer): cut as TCP (the
-//!   sequence advanced, from which the receiver takes the offset), never passed as a TCP job.
+//! Homa frames claim to be TCP GSO jobs (see `shared/reference/homa-openmx-wire.md`), in two
+//! formats; Homa packets are never merged by LRO.
+//! - Native (IP protocol 146, `GsoKind::Homa`): cut the way Homa means for every destination
+//!   (none takes a protocol-146 job as such: a guest or tap with TSO would take it for TCP).
+//!   The 52-byte DATA header is replicated, every `gso_size` chunk of payload starts with its
+//!   own 4-byte `seg.offset`, the sequence is not advanced, and the checksum sits in TCP's slot
+//!   with protocol 146 in the pseudo-header.
+//! - Homa over TCP (IP protocol 6 with Homa's flags and urgent pointer): TCP-shaped by design
+//!   so that TCP offloads carry it. A destination that takes TSO gets the job whole (a Linux
+//!   guest running HomaModule with `hijack_tcp` takes it as one packet: `guest-tests/homa`);
+//!   others get it cut as TCP (the sequence advanced, from which the receiver takes the offset).
 //!
 //! A job in neither shape is refused with [`OffloadError::HomaGso`].
 
@@ -356,7 +358,7 @@ impl GsoType {
 /// - a GSO frame the destination takes: as is (a GSO frame from a tap that carries
 ///   `F_DATA_VALID` instead of a partial checksum is turned into the partial form the virtio
 ///   spec asks for: header fields only);
-/// - a GSO frame it does not take, and every Homa job: cut into segments with correct IP IDs,
+/// - a GSO frame it does not take, and every native Homa job: cut into segments with correct IP IDs,
 ///   lengths, sequence numbers, flags and checksums; each segment carries a partial checksum
 ///   (`F_NEEDS_CSUM`) when the destination has GUEST_CSUM (no pass over the payload), else a
 ///   complete one.
@@ -424,7 +426,8 @@ fn adapt_gso(
             return Err(e);
         }
     };
-    if !plan.homa && caps.takes_gso(plan.kind, gso.ecn, plan.ip) {
+    // (`takes_gso` is false for native Homa: no destination takes those as such.)
+    if caps.takes_gso(plan.kind, gso.ecn, plan.ip) {
         frame.meta = plan.meta;
         if frame.header.flags & F_NEEDS_CSUM == 0 {
             segment::make_partial(&mut frame, &plan);
@@ -636,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn homa_jobs_are_never_passed_as_tcp_jobs() {
+    fn native_homa_jobs_are_always_cut_and_homa_over_tcp_is_a_tcp_job() {
         // (How they are cut: `segment`'s tests.)
         let pool = FramePool::new(8);
         let mut out = Vec::new();
@@ -655,9 +658,19 @@ mod tests {
             let (data, gso_size) =
                 vnic_testdriver::frames::homa_gso_job([2; 6], [4; 6], wire, &job);
             let f = tso_frame(data, GSO_TCPV4, gso_size);
+            let copy = f.data.clone();
             out.clear();
-            assert_eq!(adapt_for(f, RxCaps::ALL, &pool, &mut out), Ok(3));
-            assert!(out.iter().all(|s| s.header.gso_type == GSO_NONE));
+            if over_tcp {
+                assert_eq!(adapt_for(f, RxCaps::ALL, &pool, &mut out), Ok(1));
+                assert_eq!((out[0].header.gso_type, &out[0].data), (GSO_TCPV4, &copy));
+            } else {
+                assert_eq!(
+                    adapt_for(f, RxCaps::ALL, &pool, &mut out),
+                    Ok(3),
+                    "no one takes it"
+                );
+                assert!(out.iter().all(|s| s.header.gso_type == GSO_NONE));
+            }
         }
         // A Homa job in neither of its formats reaches nobody.
         let spec = Spec {

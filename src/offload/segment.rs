@@ -558,12 +558,18 @@ mod tests {
     };
 
     #[test]
-    fn homa_jobs_are_cut_as_homa_means_for_every_destination() {
+    fn homa_jobs_are_cut_as_homa_means() {
         let csum_only = RxCaps {
             partial_csum: true,
             ..RxCaps::default()
         };
-        for caps in [RxCaps::ALL, csum_only, RxCaps::default()] {
+        // (A destination that takes TSO gets a Homa-over-TCP job whole: `adapt_for`'s tests.)
+        let tso6_only = RxCaps {
+            partial_csum: true,
+            tso6: true,
+            ..RxCaps::default()
+        };
+        for caps in [tso6_only, csum_only, RxCaps::default()] {
             for wire in [
                 HomaWire::default(),
                 HomaWire {
@@ -577,6 +583,9 @@ mod tests {
                 },
             ] {
                 // MTU 1500: 1424 bytes of message per IPv4 packet.
+                if wire.v6 && caps == tso6_only {
+                    continue;
+                }
                 check_homa_job(wire, 60_000, 1424 * 10, 1424, caps);
                 check_homa_job(wire, 1425, 0, 1424, caps);
                 check_homa_job(wire, 2848, 2848, 1424, caps);
@@ -596,7 +605,7 @@ mod tests {
         ) {
             let wire = HomaWire { v6, over_tcp, ..HomaWire::default() };
             prop_assume!(len.div_ceil(max_seg) <= MAX_SEGMENTS);
-            let caps = RxCaps { partial_csum, ..RxCaps::ALL };
+            let caps = RxCaps { partial_csum, ..RxCaps::default() };
             check_homa_job(wire, len, offset, max_seg, caps);
         }
     }

@@ -76,8 +76,6 @@ pub(crate) struct GsoPlan {
     pub meta: FrameMeta,
     pub ip: IpVersion,
     pub kind: GsoKind,
-    /// A Homa job (either format): cut for every destination, never passed on as a job.
-    pub homa: bool,
     /// TCP header with options (Homa: its replicated header), or 8 for UDP.
     pub l4_hdr_len: usize,
     /// Bytes replicated in front of every segment: Ethernet through L4 header.
@@ -155,22 +153,15 @@ pub(crate) fn plan_gso(frame: &Frame, gso: GsoType) -> Result<GsoPlan, OffloadEr
     if segments > MAX_SEGMENTS {
         return Err(OffloadError::GsoTooManySegments);
     }
-    let homa = match kind {
-        GsoKind::Homa => {
-            check_native_homa(l4, mss, payload_len)?;
-            true
-        }
-        GsoKind::Tcp if is_homa_over_tcp(l4) => {
-            check_homa_over_tcp(l4)?;
-            true
-        }
-        _ => false,
-    };
+    match kind {
+        GsoKind::Homa => check_native_homa(l4, mss, payload_len)?,
+        GsoKind::Tcp if is_homa_over_tcp(l4) => check_homa_over_tcp(l4)?,
+        _ => {}
+    }
     Ok(GsoPlan {
         meta,
         ip: version,
         kind,
-        homa,
         l4_hdr_len,
         hdr_len,
         mss,
@@ -412,14 +403,10 @@ mod tests {
             assert_eq!(check(&f), Ok(()), "{wire:?}");
             let plan = plan_gso(&f, GsoType::decode(f.header.gso_type).unwrap().unwrap());
             let plan = plan.unwrap();
-            assert!(plan.homa);
             let native = !wire.over_tcp;
             assert_eq!(plan.kind == GsoKind::Homa, native);
             assert_eq!(plan.l4_hdr_len, if native { 52 } else { 56 });
         }
-        // TCP that is not Homa is no Homa job.
-        let plan = plan_gso(&tcp4_job(), GsoType::decode(GSO_TCPV4).unwrap().unwrap()).unwrap();
-        assert!(!plan.homa);
     }
 
     #[test]
