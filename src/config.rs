@@ -73,6 +73,8 @@ pub struct PortConfig {
     pub rx_usecs: u32,
     /// `rx_frames=`: the most bulk frames that wait for an RX interrupt.
     pub rx_frames: u32,
+    /// `shape=on`: deliver to the guest no faster than `speed` (a token bucket).
+    pub shape: bool,
 }
 
 /// `steer=`: what a port spreads arriving frames over its RX queues by (`port::steering`).
@@ -125,7 +127,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, classes, class_depth, rx_usecs, rx_frames, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, classes, class_depth, rx_usecs, rx_frames, shape, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -147,6 +149,7 @@ impl FromStr for PortConfig {
         let mut class_depth = DEFAULT_CLASS_DEPTH;
         let mut rx_usecs = DEFAULT_RX_USECS;
         let mut rx_frames = DEFAULT_RX_FRAMES;
+        let mut shape = false;
         let mut seen: Vec<&str> = Vec::new();
         for item in spec.split(',') {
             let Some((key, value)) = item.split_once('=') else {
@@ -200,6 +203,7 @@ impl FromStr for PortConfig {
                 "omx_ethertype" => omx_ethertype = parse_ethertype(key, value)?,
                 "steer" => steer = SteerPolicy::parse(key, value)?,
                 "classes" => classes = parse_on_off(key, value)?,
+                "shape" => shape = parse_on_off(key, value)?,
                 "rx_usecs" => rx_usecs = parse_range(key, value, 0, 1_000_000)? as u32,
                 "rx_frames" => rx_frames = parse_range(key, value, 1, 4096)? as u32,
                 "class_depth" => {
@@ -245,6 +249,7 @@ impl FromStr for PortConfig {
             class_depth,
             rx_usecs,
             rx_frames,
+            shape,
         })
     }
 }
@@ -428,6 +433,9 @@ mod tests {
         );
         let c: PortConfig = "socket=/x,rx_usecs=0,rx_frames=1".parse().unwrap();
         assert_eq!((c.rx_usecs, c.rx_frames), (0, 1));
+        assert!(!c.shape);
+        let c: PortConfig = "socket=/x,shape=on,speed=100".parse().unwrap();
+        assert!(c.shape && c.speed == 100);
     }
 
     #[test]

@@ -90,6 +90,11 @@ impl RxIrq {
         self.deadline.is_some()
     }
 
+    /// When the open window ends.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// The window is open and has ended by `now`.
     #[inline]
     pub fn due(&self, now: Instant) -> bool {
@@ -108,6 +113,48 @@ impl RxIrq {
     pub fn reset(&mut self) {
         self.pending = 0;
         self.deadline = None;
+    }
+}
+
+/// An RX queue's timer in event mode and the instant it is armed for: the earliest of the
+/// interrupt window's end and, with `shape=on`, the link's next room. (One timerfd per queue:
+/// a firing that finds nothing due costs one look.)
+pub struct RxDeadline {
+    timer: Option<RxTimer>,
+    at: Option<Instant>,
+}
+
+impl RxDeadline {
+    /// `timer`: None in poll mode (the poller looks at the clock) or without a timerfd.
+    pub fn new(timer: Option<RxTimer>) -> Self {
+        RxDeadline { timer, at: None }
+    }
+
+    pub fn available(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    pub fn fd(&self) -> Option<RawFd> {
+        self.timer.as_ref().map(RxTimer::fd)
+    }
+
+    /// Makes the timer fire at `at` or earlier.
+    #[inline]
+    pub fn arm(&mut self, at: Instant) {
+        if let Some(t) = &self.timer {
+            if self.at.is_none_or(|armed| at < armed) {
+                t.arm(at);
+                self.at = Some(at);
+            }
+        }
+    }
+
+    /// The worker was woken by the timer: it is armed for nothing now.
+    pub fn fired(&mut self) {
+        if let Some(t) = &self.timer {
+            t.ack();
+        }
+        self.at = None;
     }
 }
 

@@ -16,7 +16,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 
 use super::guest_io::{deliver_frame, read_tx_chain, RxOutcome, RxScratch};
-use super::irq::{Decision, Raise, RxIrq, RxTimer};
+use super::irq::{Decision, Raise, RxDeadline, RxIrq, RxTimer};
 use super::rx_stage::RxStage;
 use super::{GuestMem, GuestMemAtomic, Vring, BATCH};
 use crate::frame::net_header::{NetHeader, HEADER_LEN};
@@ -110,9 +110,12 @@ pub struct QueuePair {
     tx_call: CallWatch,
     /// When the RX interrupt is raised (coalescing of bulk frames).
     rx_irq: RxIrq,
-    /// Event mode: ends a coalescing window (the worker watches it). None in poll mode, or if
-    /// no timerfd could be had (then nothing is coalesced).
-    rx_timer: Option<RxTimer>,
+    /// Event mode: wakes the worker when a coalescing window ends or the link has room again
+    /// (it watches the timer). No timer in poll mode, or if no timerfd could be had (then
+    /// nothing is coalesced).
+    rx_deadline: RxDeadline,
+    /// `shape=on`: frames wait until then for room on the link.
+    link_wait: Option<Instant>,
 }
 
 /// Which call eventfd a ring had when its pair last looked.
@@ -211,7 +214,8 @@ impl QueuePair {
             rx_call: CallWatch::default(),
             tx_call: CallWatch::default(),
             rx_irq,
-            rx_timer,
+            rx_deadline: RxDeadline::new(rx_timer),
+            link_wait: None,
         }
     }
 
@@ -497,6 +501,9 @@ impl QueuePair {
         // Since the last interrupt decision: a latency-critical frame delivered; entries that
         // are not frames (returned bad chains) published.
         let (mut urgent, mut others) = (false, false);
+        // `shape=on`: the clock, read once per pass.
+        let mut now = None;
+        self.link_wait = None;
         while let Some(mut frame) = self.rx_stage.next(
             &self.port,
             self.attachment.tap(),
@@ -505,6 +512,15 @@ impl QueuePair {
             neg.rx_caps,
             neg.tap_max_frame,
         ) {
+            if let Some(shaper) = &self.port.shaper {
+                let at = *now.get_or_insert_with(Instant::now);
+                if let Err(room) = shaper.take(frame.data.len(), at) {
+                    self.rx_stage.put_back(&self.port, frame);
+                    self.link_wait = Some(room);
+                    self.rx_deadline.arm(room);
+                    break;
+                }
+            }
             let mut hdr = frame.header.to_bytes();
             ring.prefetch(RX_PREFETCH_AHEAD);
             let outcome = deliver_frame(
@@ -528,7 +544,7 @@ impl QueuePair {
                     unsignalled += 1;
                     if unsignalled >= BATCH {
                         let d = self.rx_irq.on_published(unsignalled as u32, urgent, others);
-                        decide_rx(ring, state, counters, d, self.rx_timer.as_ref());
+                        decide_rx(ring, state, counters, d, &mut self.rx_deadline);
                         (unsignalled, urgent, others) = (0, false, false);
                     } else if unsignalled.is_multiple_of(RX_PUBLISH_EVERY) {
                         // Hand the driver what it can have already (a plain store): a polling
@@ -575,7 +591,7 @@ impl QueuePair {
         }
         // Entries of dropped frames (bad chains) are published too.
         let d = self.rx_irq.on_published(unsignalled as u32, urgent, others);
-        decide_rx(ring, state, counters, d, self.rx_timer.as_ref());
+        decide_rx(ring, state, counters, d, &mut self.rx_deadline);
         self.rx_ring.end(state.get_queue_mut());
         self.pool.put_many(&mut self.rx_spent);
         add(&counters.rx_packets, totals.packets);
@@ -586,20 +602,35 @@ impl QueuePair {
         }
     }
 
-    /// The fd of the timer that ends this pair's RX coalescing windows (event mode).
+    /// The fd of the timer that ends this pair's RX coalescing windows and link waits (event
+    /// mode).
     pub fn rx_timer_fd(&self) -> Option<RawFd> {
-        self.rx_timer.as_ref().map(RxTimer::fd)
+        self.rx_deadline.fd()
     }
 
-    /// Event mode: the RX coalescing window's timer fired: raise the interrupt the frames
-    /// delivered in the window wait for (if the guest still wants it).
-    pub fn on_rx_timer(&mut self, vring: &Vring) {
-        if let Some(t) = &self.rx_timer {
-            t.ack();
+    /// Event mode: the RX timer fired. A coalescing window that ended gets the interrupt its
+    /// frames wait for (if the guest still wants it); frames that waited for the link are
+    /// delivered. The timer is armed again for what is still ahead.
+    pub fn on_rx_timer(&mut self, vring: &Vring, tap_watch: &dyn TapWatch) {
+        self.rx_deadline.fired();
+        let now = Instant::now();
+        if self.rx_irq.due(now) {
+            self.rx_irq.expire();
+            self.raise_rx_timer(vring);
         }
-        if !self.rx_irq.expire() {
-            return;
+        if self.link_wait.is_some_and(|t| now >= t) {
+            self.process_rx(vring, tap_watch);
         }
+        for at in [self.rx_irq.deadline(), self.link_wait]
+            .into_iter()
+            .flatten()
+        {
+            self.rx_deadline.arm(at);
+        }
+    }
+
+    /// Raises the interrupt a window's frames waited for.
+    fn raise_rx_timer(&mut self, vring: &Vring) {
         let mut guard = vring.get_mut();
         let state = &mut *guard;
         let Some(mem) = &self.mem else {
@@ -612,7 +643,8 @@ impl QueuePair {
             return;
         };
         let counters = self.port.counters.pair(self.index);
-        decide_rx(ring, state, counters, Decision::Raise(Raise::Timer), None);
+        let decision = Decision::Raise(Raise::Timer);
+        decide_rx(ring, state, counters, decision, &mut self.rx_deadline);
         self.rx_ring.end(state.get_queue_mut());
     }
 
@@ -664,7 +696,7 @@ fn decide_rx(
     state: &mut VringState<GuestMemAtomic>,
     counters: &PairCounters,
     decision: Decision,
-    timer: Option<&RxTimer>,
+    deadline: &mut RxDeadline,
 ) {
     // Not "if anything was published now": entries published earlier in the burst (every
     // `RX_PUBLISH_EVERY`) still wait for this decision; `needs_interrupt` knows what is new.
@@ -679,8 +711,8 @@ fn decide_rx(
             }
         }
         Decision::Wait { until, opened } => {
-            if let (true, Some(t)) = (opened, timer) {
-                t.arm(until);
+            if opened {
+                deadline.arm(until);
             }
         }
     }

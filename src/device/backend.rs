@@ -340,7 +340,7 @@ impl VhostUserBackend for PortBackend {
         } else if token == self.tap_token() {
             pair.process_rx(rx, self);
         } else if token == self.rx_timer_token() {
-            pair.on_rx_timer(rx);
+            pair.on_rx_timer(rx, self);
         }
         if pair.moved() != before {
             pair.spin(rx, tx, self);

@@ -9,10 +9,12 @@
 //!
 //! - [`steering`]: which of a port's RX queues receives a frame.
 //! - [`egress`]: the eight strict-priority classes in front of each RX queue.
+//! - [`shaper`]: `shape=on`, the port's `speed=` enforced on what it delivers.
 //!
 //! A tap port's tap belongs to its attachment (`net::Attachment::Tap`), not to the port.
 
 pub mod egress;
+pub mod shaper;
 pub mod steering;
 
 pub use egress::{EgressQueue, Pending, CLASSES};
@@ -44,6 +46,8 @@ pub struct Port {
     pub polled: bool,
     /// With pollers: the slot of each queue pair (which poller serves it).
     pub poll_slots: Vec<Arc<PollSlot>>,
+    /// `shape=on`: the link's token bucket, shared by the RX queues.
+    pub shaper: Option<shaper::Shaper>,
     /// Bit i: RX queue of pair i is ready and enabled, as its worker last saw it.
     rx_enabled: AtomicU32,
     connected: AtomicBool,
@@ -70,6 +74,9 @@ impl Port {
             capture,
             polled,
             poll_slots,
+            shaper: config
+                .shape
+                .then(|| shaper::Shaper::new(config.speed, config.mtu)),
             rx_enabled: AtomicU32::new(0),
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
