@@ -230,7 +230,9 @@ fn loopback_port_without_rx_buffers_holds_a_queue_s_worth_and_counts_the_rest() 
 
 #[test]
 fn many_flows_spread_over_every_enabled_rx_queue() {
-    let net = start(&["queues=4", "queues=4"]);
+    // No coalescing on B: a window's interrupt is rightly skipped if the driver (which polls
+    // here) has taken every entry before the window ends, and this test is about vectors.
+    let net = start(&["queues=4", "queues=4,rx_usecs=0"]);
     let mut a = net.connect(0, GuestOptions::with_pairs(4));
     let mut b = net.connect(1, GuestOptions::with_pairs(4));
     let before: Vec<u64> = (0..4).map(|p| b.interrupts(2 * p)).collect();
@@ -248,7 +250,6 @@ fn many_flows_spread_over_every_enabled_rx_queue() {
     for (p, data) in &got {
         assert_eq!(*flow_queue.entry(data.clone()).or_insert(*p), *p);
     }
-    // (Bulk frames' interrupts may wait for the end of the coalescing window: `rx_usecs=`.)
     let deadline = std::time::Instant::now() + WAIT;
     for p in 0..4u16 {
         while b.interrupts(2 * p) == before[p as usize] && std::time::Instant::now() < deadline {
