@@ -512,6 +512,19 @@ impl StatsSnapshot {
                     list(&e.drops)
                 );
             }
+            let i = p.queues.iter().fold(IrqSnapshot::default(), |mut a, q| {
+                a.urgent += q.rx_irq.urgent;
+                a.frames += q.rx_irq.frames;
+                a.timer += q.rx_irq.timer;
+                a
+            });
+            if i != IrqSnapshot::default() {
+                let _ = writeln!(
+                    out,
+                    "  rx interrupts: urgent={} rx_frames={} rx_usecs={}",
+                    i.urgent, i.frames, i.timer
+                );
+            }
             let nonzero: Vec<String> = p
                 .total_drops()
                 .into_iter()
@@ -540,5 +553,48 @@ mod tests {
         assert_eq!(snap[0].drops["rx_no_buffer"], 0);
         assert!(snap[1].enabled && !snap[0].enabled);
         assert_eq!(snap[0].drops.len(), DropReason::COUNT + OffloadError::COUNT);
+    }
+
+    #[test]
+    fn the_table_shows_classes_and_interrupt_causes_when_there_are_any() {
+        let c = PortCounters::new(1);
+        let port = |queues| PortSnapshot {
+            name: "a".into(),
+            socket: "/a".into(),
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 1500,
+            speed_mbps: 1000,
+            attach: "switch".into(),
+            steer: "auto".into(),
+            link_up: true,
+            connections: 1,
+            features: 0,
+            feature_names: vec![],
+            queue_pairs: 1,
+            queues,
+        };
+        let quiet = StatsSnapshot {
+            ports: vec![port(c.snapshot(1, |_| [0; CLASSES]))],
+        }
+        .render_table();
+        assert!(!quiet.contains("priority classes") && !quiet.contains("rx interrupts"));
+        c.pair(0).class_drop(7);
+        c.pair(0).rx_interrupt(IrqCause::Urgent);
+        c.pair(0).rx_interrupt(IrqCause::Timer);
+        c.pair(0).rx_interrupt(IrqCause::Timer);
+        let table = StatsSnapshot {
+            ports: vec![port(c.snapshot(1, |_| [3, 0, 0, 0, 0, 0, 0, 1]))],
+        }
+        .render_table();
+        assert!(
+            table.contains("priority classes 0-7: waiting=3/0/0/0/0/0/0/1 dropped=0/0/0/0/0/0/0/1"),
+            "{table}"
+        );
+        assert!(
+            table.contains("rx interrupts: urgent=1 rx_frames=0 rx_usecs=2"),
+            "{table}"
+        );
+        let q = &c.snapshot(1, |_| [0; CLASSES])[0];
+        assert_eq!((q.rx.interrupts, q.drops["rx_no_buffer"]), (3, 1));
     }
 }
