@@ -971,7 +971,11 @@ fn latency_critical_frames_interrupt_at_once_and_bulk_is_coalesced() {
     let t0 = std::time::Instant::now();
     a.send(0, &bulk.iter().map(|f| f.as_slice()).collect::<Vec<_>>())
         .unwrap();
-    assert_eq!(b.recv_wait(0, 5, WAIT).len(), 5, "delivered at once");
+    // (The driver does not look yet: one that took every entry before the window ended would
+    // rightly get no interrupt for them.)
+    net.wait_stats("delivered at once", |s| {
+        s.ports[1].queues[0].rx.packets == 5
+    });
     let early = irq(&net);
     if t0.elapsed() < Duration::from_millis(250) {
         assert_eq!(
@@ -987,6 +991,7 @@ fn latency_critical_frames_interrupt_at_once_and_bulk_is_coalesced() {
         t0.elapsed() >= Duration::from_millis(290),
         "not before the window ended"
     );
+    assert_eq!(b.recv_wait(0, 5, WAIT).len(), 5);
 
     let grant = homa_frame(mac(2), mac(1), HomaWire::default(), HOMA_GRANT, 4, 0, 0);
     let t1 = std::time::Instant::now();
@@ -1048,25 +1053,34 @@ fn a_shaped_port_delivers_no_faster_than_its_speed() {
 }
 
 /// Under shaping, queues build inside vnic, in the classes: a GRANT sent behind 300 frames of
-/// bulk to a 100 Mbit/s port overtakes almost all of them; with `classes=off` it comes last.
+/// bulk to a 10 Mbit/s port (1.2 ms a frame) overtakes every one still queued when it came;
+/// with `classes=off` it comes last.
 #[test]
 fn under_shaping_a_grant_overtakes_the_bulk_queued_before_it() {
     for (keys, early) in [
-        ("speed=100,shape=on", true),
-        ("speed=100,shape=on,classes=off", false),
+        ("speed=10,shape=on", true),
+        ("speed=10,shape=on,classes=off", false),
     ] {
         let net = start(&["", keys]);
         let mut a = net.connect(0, GuestOptions::default());
         let mut b = net.connect(1, GuestOptions::default());
         b.send(0, &[&frame(mac(1), mac(2), 60, 0)]).unwrap();
         assert_eq!(a.recv_wait(0, 1, WAIT).len(), 1);
-        let mut got = Vec::new();
-        for i in 0..300u32 {
-            while a.send(0, &[&frame(mac(2), mac(1), 1514, i)]).unwrap() == 0 {
-                a.tx_completed(0);
-                got.extend(b.recv(0).into_iter().map(|f| f.data));
+        let bulk: Vec<Vec<u8>> = (0..300).map(|i| frame(mac(2), mac(1), 1514, i)).collect();
+        let refs: Vec<&[u8]> = bulk.iter().map(|f| f.as_slice()).collect();
+        let mut sent = 0;
+        while sent < refs.len() {
+            // (The ring may take only part of a burst.)
+            match a.send(0, &refs[sent..(sent + 50).min(refs.len())]).unwrap() {
+                0 => {
+                    a.tx_completed(0);
+                }
+                n => sent += n,
             }
         }
+        let mut got = Vec::new();
+        // What B had when the GRANT was sent: the rest was queued inside vnic.
+        let delivered = net.port_stats(1).queues[0].rx.packets as usize;
         let grant = HomaWire {
             precedence: 7,
             ..HomaWire::default()
@@ -1077,13 +1091,18 @@ fn under_shaping_a_grant_overtakes_the_bulk_queued_before_it() {
         )
         .unwrap();
         let t0 = std::time::Instant::now();
-        while got.len() < 301 && t0.elapsed() < WAIT {
+        while got.len() < 301 && t0.elapsed() < 2 * WAIT {
             got.extend(b.recv(0).into_iter().map(|f| f.data));
+            std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(got.len(), 301);
+        assert_eq!(got.len(), 301, "{keys}: {:#?}", net.port_stats(1).queues[0]);
         let at = got.iter().position(|f| is_grant(f)).unwrap();
         if early {
-            assert!(at < 150, "{keys}: the GRANT came at {at} of 301");
+            // (Slack: frames delivered while the GRANT crossed vnic, 25 ms of link time.)
+            assert!(
+                at <= delivered + 20 && delivered < 200,
+                "{keys}: the GRANT came at {at} of 301, {delivered} delivered before it was sent"
+            );
         } else {
             assert_eq!(at, 300, "{keys}: first come, first served");
         }

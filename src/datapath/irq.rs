@@ -138,11 +138,16 @@ impl RxDeadline {
         self.timer.as_ref().map(RxTimer::fd)
     }
 
-    /// Makes the timer fire at `at` or earlier.
+    /// Makes the timer fire at `at` or earlier. (An instant armed for that has passed counts
+    /// as nothing armed: its firing may have been handled, or folded into a later arming,
+    /// without `fired`.)
     #[inline]
     pub fn arm(&mut self, at: Instant) {
         if let Some(t) = &self.timer {
-            if self.at.is_none_or(|armed| at < armed) {
+            if self
+                .at
+                .is_none_or(|armed| at < armed || armed <= Instant::now())
+            {
                 t.arm(at);
                 self.at = Some(at);
             }
