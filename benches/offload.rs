@@ -40,7 +40,7 @@ fn run(secs: f64, receiver_takes_tso: bool) -> Figures {
         &dir.path().join("c.sock"),
         &[(&a_sock, String::new()), (&b_sock, String::new())],
     );
-    let plain = offered(ALL_OFFLOADS) & DRIVER_FEATURES;
+    let plain = offered(ALL_OFFLOADS, 0) & DRIVER_FEATURES;
     let sender = GuestOptions {
         features: Some(plain | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4),
         queue_size: 256,

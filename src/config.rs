@@ -75,6 +75,10 @@ pub struct PortConfig {
     pub rx_frames: u32,
     /// `shape=on`: deliver to the guest no faster than `speed` (a token bucket).
     pub shape: bool,
+    /// `packed=`: offer the packed ring (VIRTIO_F_RING_PACKED).
+    pub packed: bool,
+    /// `in_order=`: offer VIRTIO_F_IN_ORDER.
+    pub in_order: bool,
 }
 
 /// `steer=`: what a port spreads arriving frames over its RX queues by (`port::steering`).
@@ -127,7 +131,7 @@ impl PortConfig {
 }
 
 const PORT_KEYS: &str =
-    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, classes, class_depth, rx_usecs, rx_frames, shape, offloads, or an offload (csum, host_tso4, ...)";
+    "socket, queues, mac, mtu, speed, attach, tap_offloads, pcap, pcap_snaplen, omx_ethertype, steer, classes, class_depth, rx_usecs, rx_frames, shape, packed, in_order, offloads, or an offload (csum, host_tso4, ...)";
 
 impl FromStr for PortConfig {
     type Err = String;
@@ -146,6 +150,7 @@ impl FromStr for PortConfig {
         let mut omx_ethertype = crate::wire::openmx::DEFAULT_ETHERTYPE;
         let mut steer = SteerPolicy::default();
         let mut classes = true;
+        let (mut packed, mut in_order) = (true, true);
         let mut class_depth = DEFAULT_CLASS_DEPTH;
         let mut rx_usecs = DEFAULT_RX_USECS;
         let mut rx_frames = DEFAULT_RX_FRAMES;
@@ -203,6 +208,8 @@ impl FromStr for PortConfig {
                 "omx_ethertype" => omx_ethertype = parse_ethertype(key, value)?,
                 "steer" => steer = SteerPolicy::parse(key, value)?,
                 "classes" => classes = parse_on_off(key, value)?,
+                "packed" => packed = parse_on_off(key, value)?,
+                "in_order" => in_order = parse_on_off(key, value)?,
                 "shape" => shape = parse_on_off(key, value)?,
                 "rx_usecs" => rx_usecs = parse_range(key, value, 0, 1_000_000)? as u32,
                 "rx_frames" => rx_frames = parse_range(key, value, 1, 4096)? as u32,
@@ -246,6 +253,8 @@ impl FromStr for PortConfig {
             omx_ethertype,
             steer,
             classes,
+            packed,
+            in_order,
             class_depth,
             rx_usecs,
             rx_frames,
@@ -419,6 +428,16 @@ mod tests {
         assert!(err("socket=/x,class_depth=65537").contains("class_depth=65537"));
         assert!(err("socket=/x,rx_usecs=-1").contains("rx_usecs=-1: expected a number from 0"));
         assert!(err("socket=/x,rx_frames=0").contains("rx_frames=0"));
+    }
+
+    #[test]
+    fn packed_ring_and_in_order_offered_unless_switched_off() {
+        let c: PortConfig = "socket=/x".parse().unwrap();
+        assert_eq!((c.packed, c.in_order), (true, true));
+        let c: PortConfig = "socket=/x,packed=off,in_order=off".parse().unwrap();
+        assert_eq!((c.packed, c.in_order), (false, false));
+        let err = "socket=/x,packed=yes".parse::<PortConfig>().unwrap_err();
+        assert!(err.contains("packed=yes: expected on or off"), "{err}");
     }
 
     #[test]

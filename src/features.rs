@@ -5,7 +5,7 @@
 //! are offered too (virtio 1.2, 5.1.3.1).
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -16,11 +16,8 @@ pub const fn bit(b: u32) -> u64 {
     1 << b
 }
 
-/// The features every port offers. IN_ORDER costs nothing: the datapath completes every
-/// chain in the order it was made available (TX and RX, dropped chains too), and a frontend
-/// that knows it (DPDK's virtio_user) then takes its cheaper in-order path.
+/// The features every port offers.
 pub const BASE: u64 = bit(VIRTIO_F_VERSION_1)
-    | bit(VIRTIO_F_IN_ORDER)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_MTU)
     | bit(VIRTIO_NET_F_STATUS)
@@ -30,6 +27,14 @@ pub const BASE: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
     | bit(VIRTIO_NET_F_SPEED_DUPLEX)
     | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+
+/// The ring formats a port offers unless switched off (`packed=off`, `in_order=off`). Both
+/// are vnic's own ring code (`virtq::packed`, `RingConfig::batch_used`). IN_ORDER costs
+/// nothing: the datapath completes every chain in the order it was made available (TX and RX,
+/// dropped chains too); a frontend that knows it (DPDK's virtio_user) takes its cheaper
+/// in-order path, and vnic then completes a TX burst with one used entry.
+pub const RING_PACKED: u64 = bit(VIRTIO_F_RING_PACKED);
+pub const IN_ORDER: u64 = bit(VIRTIO_F_IN_ORDER);
 
 /// Offload features, with the port key that switches each off (`KEY=off`).
 pub const OFFLOADS: &[(u32, &str)] = &[
@@ -101,9 +106,10 @@ pub fn with_prerequisites(mut bits: u64) -> u64 {
     bits
 }
 
-/// What a port with the offloads `enabled` (a subset of [`ALL_OFFLOADS`]) offers.
-pub fn offered(enabled: u64) -> u64 {
-    BASE | with_prerequisites(enabled & HONOURED_OFFLOADS)
+/// What a port with the offloads `enabled` (a subset of [`ALL_OFFLOADS`]) and the ring formats
+/// `rings` (of [`RING_PACKED`] | [`IN_ORDER`]) offers.
+pub fn offered(enabled: u64, rings: u64) -> u64 {
+    BASE | (rings & (RING_PACKED | IN_ORDER)) | with_prerequisites(enabled & HONOURED_OFFLOADS)
 }
 
 /// Protocol features offered (REPLY_ACK is added by vhost-user-backend).
@@ -137,6 +143,7 @@ const NAMES: &[(u32, &str)] = &[
     (VIRTIO_RING_F_EVENT_IDX, "EVENT_IDX"),
     (VHOST_USER_F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
     (VIRTIO_F_VERSION_1, "VERSION_1"),
+    (VIRTIO_F_RING_PACKED, "RING_PACKED"),
     (VIRTIO_F_IN_ORDER, "IN_ORDER"),
     (VIRTIO_NET_F_SPEED_DUPLEX, "SPEED_DUPLEX"),
 ];
@@ -207,7 +214,7 @@ mod tests {
             "ECN needs either TSO bit"
         );
         assert_eq!(
-            offered(ALL_OFFLOADS) & !BASE,
+            offered(ALL_OFFLOADS, 0) & !BASE,
             ALL_OFFLOADS & HONOURED_OFFLOADS
         );
     }

@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use vnic::device::features::{offered, ALL_OFFLOADS};
+use vnic::device::features::{offered, ALL_OFFLOADS, IN_ORDER, RING_PACKED};
 
 /// What a port with default options offers.
-const OFFERED_DEFAULT: fn() -> u64 = || offered(ALL_OFFLOADS);
-use vnic_testdriver::{GuestOptions, TestGuest, DRIVER_FEATURES};
+const OFFERED_DEFAULT: fn() -> u64 = || offered(ALL_OFFLOADS, RING_PACKED | IN_ORDER);
+use vnic_testdriver::{GuestOptions, RingKind, TestGuest, DRIVER_FEATURES};
 
 const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
@@ -33,9 +33,19 @@ fn recv_all_pairs(g: &mut TestGuest, pairs: u16, count: usize) -> Vec<(u16, Vec<
 #[test]
 fn negotiation_and_config_space() {
     let net = start(&["queues=4,mtu=9000,mac=02:11:22:33:44:55,speed=25000"]);
-    let mut g = net.connect(0, GuestOptions::with_pairs(4));
+    let opts = GuestOptions::with_pairs(4);
+    // The ring format: as the test run asks (VNIC_TEST_RING, VNIC_TEST_IN_ORDER).
+    let rings = if opts.ring == RingKind::Packed {
+        RING_PACKED
+    } else {
+        0
+    } | if opts.in_order { IN_ORDER } else { 0 };
+    let mut g = net.connect(0, opts);
     assert_eq!(g.offered_features(), OFFERED_DEFAULT());
-    assert_eq!(g.acked_features(), OFFERED_DEFAULT() & DRIVER_FEATURES);
+    assert_eq!(
+        g.acked_features(),
+        OFFERED_DEFAULT() & (DRIVER_FEATURES | rings)
+    );
     assert_eq!(
         g.queue_num(),
         8,
@@ -654,6 +664,71 @@ fn reconnect_one_port_while_another_keeps_passing_traffic() {
         "reconnected port sends too"
     );
     assert_eq!(b.recv_wait(0, 1, WAIT).len(), 1, "B got the broadcast too");
+}
+
+#[test]
+fn a_stopped_ring_resumes_where_it_stood() {
+    // What QEMU does on a vhost restart: GET_VRING_BASE stops a ring and says where it stood
+    // (packed: slot and wrap counter), SET_VRING_BASE with that resumes it. 300 frames take
+    // the rings of 256 once round and more (packed: into the second lap, wrap counter 0).
+    let net = start(&["", ""]);
+    let mut a = net.connect(0, GuestOptions::default());
+    let mut b = net.connect(1, GuestOptions::default());
+    let mut seq = 0;
+    let mut pass = |a: &mut TestGuest, b: &mut TestGuest, n: u32| {
+        for _ in 0..n {
+            a.send(0, &[&frame(mac(2), mac(1), 60, seq)]).unwrap();
+            let got = b.recv_wait(0, 1, WAIT);
+            assert_eq!(got.len(), 1, "frame {seq}");
+            assert_eq!(seq_of(&got[0].data), seq);
+            seq += 1;
+        }
+    };
+    pass(&mut a, &mut b, 300);
+    for (g, queue) in [(&mut a, 1), (&mut b, 0)] {
+        // One slot per frame (a TX chain, an RX buffer), all completed: split, the avail
+        // index; packed, slot 300 - 256 in the second lap (wrap counter 0, bit 15 clear).
+        let want = match g.queue(queue).ring_kind() {
+            RingKind::Split => 300,
+            RingKind::Packed => 300 - 256,
+        };
+        let base = g.get_vring_base(queue).unwrap();
+        assert_eq!(base as u16, want, "queue {queue}: where the ring stood");
+        g.setup_vring(queue, base as u16).unwrap();
+    }
+    pass(&mut a, &mut b, 300);
+    let s = net.stats();
+    assert_eq!(s.ports[1].queues[0].rx.packets, 600);
+    for p in &s.ports {
+        assert!(
+            p.queues[0].drops.values().all(|&n| n == 0),
+            "{:?}",
+            p.queues[0].drops
+        );
+    }
+}
+
+#[test]
+fn packed_and_in_order_are_offered_unless_switched_off() {
+    let net = start(&["", "packed=off,in_order=off"]);
+    let split_only = OFFERED_DEFAULT() & !(RING_PACKED | IN_ORDER);
+    for (port, offered) in [(0, OFFERED_DEFAULT()), (1, split_only)] {
+        let opts = GuestOptions {
+            ring: RingKind::Split,
+            in_order: false,
+            ..GuestOptions::default()
+        };
+        let g = net.connect(port, opts);
+        assert_eq!(g.offered_features(), offered, "port {port}");
+    }
+    let packed = GuestOptions {
+        ring: RingKind::Packed,
+        ..GuestOptions::default()
+    };
+    let Err(err) = TestGuest::connect(net.socket(1), packed) else {
+        panic!("a packed ring from a port with packed=off");
+    };
+    assert!(err.to_string().contains("RING_PACKED"), "{err}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use vnic_testdriver::{GuestOptions, RxFrame, TestGuest, DRIVER_FEATURES};
 const MSS: usize = 1448;
 
 fn plain() -> u64 {
-    offered(ALL_OFFLOADS) & DRIVER_FEATURES
+    offered(ALL_OFFLOADS, 0) & DRIVER_FEATURES
 }
 
 /// A guest that sends with checksum and TCP segmentation offload.

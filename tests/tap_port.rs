@@ -304,8 +304,9 @@ fn tso_job_through_tap(tap_offloads: bool, homa: bool) -> Vec<usize> {
     let tap = tap_name(&format!("{}{onoff}", if homa { "h" } else { "" }));
     let net = start(&[&format!("attach=tap:{tap},tap_offloads={onoff}")]);
     let host = HostSide::bind(&tap);
-    let plain = vnic::device::features::offered(vnic::device::features::ALL_OFFLOADS)
-        & vnic_testdriver::DRIVER_FEATURES;
+    use vnic::device::features as offer;
+    let rings = offer::RING_PACKED | offer::IN_ORDER;
+    let plain = offer::offered(offer::ALL_OFFLOADS, rings) & vnic_testdriver::DRIVER_FEATURES;
     let mut g = net.connect(
         0,
         GuestOptions {

@@ -16,8 +16,11 @@ use std::time::Duration;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vnic_testdriver::{
-    features::*, Descriptor, DriverQueue, GuestOptions, GuestRam, RxQueue, TestGuest, TxLayout,
-    TxQueue, DRIVER_FEATURES, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    features::*, packed_avail_flags, packed_used_flags, Descriptor, DriverQueue, EventSuppress,
+    GuestOptions, GuestRam, PackedDescriptor, RingKind, RingOptions, RxQueue, Segment, TestGuest,
+    TxLayout, TxQueue, UsedElem, DRIVER_FEATURES, VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_PACKED_DESC_F_AVAIL,
+    VRING_PACKED_DESC_F_USED, VRING_PACKED_EVENT_FLAG_DISABLE,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -479,6 +482,639 @@ fn raw_access_reaches_the_device() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ring level, packed: the driver against a device-side model written here (virtio-queue has no
+// packed ring), and IN_ORDER batched completions on both ring kinds
+// ---------------------------------------------------------------------------------------------
+
+/// A chain the packed device model took: buffer id, ring slots, (addr, len, writable) per
+/// buffer.
+#[derive(Debug)]
+struct PackedChain {
+    id: u16,
+    slots: u16,
+    descs: Vec<(u64, u32, bool)>,
+}
+
+/// The device side of a packed ring, per virtio 1.1 §2.8: takes descriptors whose AVAIL/USED
+/// bits say "available in my lap" and writes used descriptors, one per chain or (IN_ORDER) one
+/// per batch.
+struct PackedDevice {
+    mem: GuestMemoryMmap,
+    ring: u64,
+    driver_event: u64,
+    device_event: u64,
+    size: u16,
+    /// Next slot to read and its wrap counter.
+    avail: (u16, bool),
+    /// Next slot to write a used descriptor at and its wrap counter.
+    used: (u16, bool),
+}
+
+fn advance(pos: &mut (u16, bool), slots: u16, size: u16) {
+    pos.0 += slots;
+    if pos.0 >= size {
+        pos.0 -= size;
+        pos.1 = !pos.1;
+    }
+}
+
+impl PackedDevice {
+    fn new(b: &Bench, q: &DriverQueue) -> PackedDevice {
+        assert_eq!(q.ring_kind(), RingKind::Packed);
+        assert_eq!(q.initial_vring_base(), 0x8000, "slot 0, wrap counter 1");
+        PackedDevice {
+            mem: b.mem.clone(),
+            ring: q.desc_table(),
+            driver_event: q.driver_area(),
+            device_event: q.device_area(),
+            size: q.size(),
+            avail: (0, true),
+            used: (0, true),
+        }
+    }
+
+    fn flags(&self, slot: u16) -> u16 {
+        self.mem
+            .load(
+                GuestAddress(self.ring + 16 * slot as u64 + 14),
+                Ordering::Acquire,
+            )
+            .unwrap()
+    }
+
+    fn desc(&self, slot: u16) -> (u64, u32, u16) {
+        let at = self.ring + 16 * slot as u64;
+        (
+            self.mem.read_obj(GuestAddress(at)).unwrap(),
+            self.mem.read_obj(GuestAddress(at + 8)).unwrap(),
+            self.mem.read_obj(GuestAddress(at + 12)).unwrap(),
+        )
+    }
+
+    fn is_avail(&self, slot: u16, wrap: bool) -> bool {
+        let f = self.flags(slot);
+        (f & VRING_PACKED_DESC_F_AVAIL != 0) == wrap && (f & VRING_PACKED_DESC_F_USED != 0) != wrap
+    }
+
+    /// Takes the next available chain, checking that every descriptor carries the head's id.
+    fn pop(&mut self) -> Option<PackedChain> {
+        let (head, wrap) = self.avail;
+        if !self.is_avail(head, wrap) {
+            return None;
+        }
+        let (mut pos, mut descs, mut slots) = (self.avail, Vec::new(), 0);
+        let id = self.desc(head).2;
+        loop {
+            assert!(self.is_avail(pos.0, pos.1), "chain continues into {pos:?}");
+            let flags = self.flags(pos.0);
+            let (addr, len, did) = self.desc(pos.0);
+            assert_eq!(did, id, "every descriptor of a chain carries its buffer id");
+            advance(&mut pos, 1, self.size);
+            slots += 1;
+            if flags & VRING_DESC_F_INDIRECT != 0 {
+                assert_eq!(len % 16, 0);
+                for k in 0..(len / 16) as u64 {
+                    let e = addr + 16 * k;
+                    let flags: u16 = self.mem.read_obj(GuestAddress(e + 14)).unwrap();
+                    assert_eq!(flags & !VRING_DESC_F_WRITE, 0, "only WRITE inside a table");
+                    descs.push((
+                        self.mem.read_obj(GuestAddress(e)).unwrap(),
+                        self.mem.read_obj(GuestAddress(e + 8)).unwrap(),
+                        flags & VRING_DESC_F_WRITE != 0,
+                    ));
+                }
+            } else {
+                descs.push((addr, len, flags & VRING_DESC_F_WRITE != 0));
+            }
+            if flags & VRING_DESC_F_NEXT == 0 {
+                break;
+            }
+        }
+        self.avail = pos;
+        Some(PackedChain { id, slots, descs })
+    }
+
+    /// Writes one used descriptor for `id` at the used position (flags last) and moves that
+    /// position over `slots` slots.
+    fn push_used(&mut self, id: u16, len: u32, slots: u16) {
+        let at = self.ring + 16 * self.used.0 as u64;
+        self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        self.mem.write_obj(id, GuestAddress(at + 12)).unwrap();
+        let flags = packed_used_flags(self.used.1);
+        self.mem
+            .store(flags, GuestAddress(at + 14), Ordering::Release)
+            .unwrap();
+        advance(&mut self.used, slots, self.size);
+    }
+
+    /// Completes `chain` on its own.
+    fn complete(&mut self, chain: &PackedChain, len: u32) {
+        self.push_used(chain.id, len, chain.slots);
+    }
+
+    /// IN_ORDER: one used descriptor for `batch`, naming its last chain.
+    fn complete_batch(&mut self, batch: &[PackedChain]) {
+        let slots = batch.iter().map(|c| c.slots).sum();
+        self.push_used(batch.last().unwrap().id, 0, slots);
+    }
+
+    fn event(&self, gpa: u64) -> EventSuppress {
+        EventSuppress {
+            off_wrap: self.mem.load(GuestAddress(gpa), Ordering::Acquire).unwrap(),
+            flags: self
+                .mem
+                .load(GuestAddress(gpa + 2), Ordering::Acquire)
+                .unwrap(),
+        }
+    }
+
+    fn driver_event(&self) -> EventSuppress {
+        self.event(self.driver_event)
+    }
+
+    fn set_device_event(&self, ev: EventSuppress) {
+        let gpa = self.device_event;
+        self.mem
+            .store(ev.off_wrap, GuestAddress(gpa), Ordering::Relaxed)
+            .unwrap();
+        self.mem
+            .store(ev.flags, GuestAddress(gpa + 2), Ordering::Release)
+            .unwrap();
+    }
+}
+
+impl Bench {
+    fn queue_with(&self, index: u16, size: u16, kind: RingKind, in_order: bool) -> DriverQueue {
+        let opts = RingOptions {
+            kind,
+            event_idx: true,
+            in_order,
+        };
+        DriverQueue::with_options(self.ram.clone(), index, size, opts).unwrap()
+    }
+
+    fn packed_queue(&self, index: u16, size: u16, event_idx: bool) -> DriverQueue {
+        let opts = RingOptions {
+            kind: RingKind::Packed,
+            event_idx,
+            in_order: false,
+        };
+        DriverQueue::with_options(self.ram.clone(), index, size, opts).unwrap()
+    }
+}
+
+fn readable(addr: u64, len: u32) -> Segment {
+    Segment::readable(addr, len)
+}
+
+#[test]
+fn packed_chains_wrap_the_ring_end_and_keep_their_id() {
+    let b = Bench::new(0);
+    let mut q = b.packed_queue(1, 8, false);
+    let mut dev = PackedDevice::new(&b, &q);
+    let three = [
+        readable(0x10000, 1),
+        readable(0x20000, 2),
+        readable(0x30000, 3),
+    ];
+    let a = q.add_chain(&three).unwrap();
+    let c = q.add_chain(&three).unwrap();
+    assert_ne!(a, c);
+    assert_eq!(q.free_descriptors(), 2);
+    assert!(dev.pop().is_none(), "nothing is visible before publishing");
+    q.publish();
+    let (ca, cc) = (dev.pop().unwrap(), dev.pop().unwrap());
+    assert_eq!((ca.id, ca.slots, cc.id, cc.slots), (a, 3, c, 3));
+    assert_eq!(
+        ca.descs,
+        vec![
+            (0x10000, 1, false),
+            (0x20000, 2, false),
+            (0x30000, 3, false)
+        ]
+    );
+    dev.complete(&ca, 0);
+    assert_eq!(q.pop_used().map(|e| e.id), Some(a as u32));
+    assert_eq!(q.used_position(), (3, true));
+
+    // Slots 6, 7 in lap 1 and 0 in lap 2: the avail wrap counter toggles for the last one.
+    let d = q.add_chain(&three).unwrap();
+    assert_eq!(q.avail_position(), (1, false));
+    q.publish();
+    let flags: Vec<u16> = [6, 7, 0].map(|s| q.read_packed_desc(s).flags).to_vec();
+    assert_eq!(
+        flags,
+        vec![
+            VRING_PACKED_DESC_F_AVAIL | VRING_DESC_F_NEXT,
+            VRING_PACKED_DESC_F_AVAIL | VRING_DESC_F_NEXT,
+            VRING_PACKED_DESC_F_USED,
+        ]
+    );
+    assert!([6, 7, 0].iter().all(|&s| q.read_packed_desc(s).id == d));
+    let cd = dev.pop().unwrap();
+    assert_eq!((cd.id, cd.slots, cd.descs.len()), (d, 3, 3));
+    dev.complete(&cc, 0);
+    dev.complete(&cd, 0);
+    assert_eq!(q.pending_used(), 2);
+    assert_eq!(q.pop_used().map(|e| e.id), Some(c as u32));
+    assert_eq!(q.pop_used().map(|e| e.id), Some(d as u32));
+    assert_eq!(
+        q.used_position(),
+        (1, false),
+        "past the ring end: used wrap toggled"
+    );
+    assert_eq!((q.in_flight(), q.free_descriptors()), (0, 8));
+}
+
+#[test]
+fn packed_indirect_chain_takes_one_slot() {
+    let b = Bench::new(0);
+    let mut rx = RxQueue::new(b.packed_queue(0, 4, true), 2048, 12, false).unwrap();
+    rx.set_layout(&[12, 1000, 1036], true);
+    assert_eq!(rx.post(4).unwrap(), 4, "one slot per indirect buffer");
+    let mut dev = PackedDevice::new(&b, rx.queue_ref());
+    let d = rx.queue_ref().read_packed_desc(0);
+    assert_eq!(d.flags, VRING_DESC_F_INDIRECT | VRING_PACKED_DESC_F_AVAIL);
+    assert_eq!(d.len, 48);
+    let chain = dev.pop().unwrap();
+    assert_eq!(chain.slots, 1);
+    assert_eq!(
+        chain
+            .descs
+            .iter()
+            .map(|&(_, l, w)| (l, w))
+            .collect::<Vec<_>>(),
+        vec![(12, true), (1000, true), (1036, true)]
+    );
+    let mut pkt = net_hdr(1).to_vec();
+    pkt.extend(pattern(1500, 3));
+    let n = b.scatter(&chain.descs, &pkt);
+    dev.complete(&chain, n);
+    let mut out = Vec::new();
+    assert_eq!(rx.recv_into(&mut out).unwrap(), 1);
+    assert_eq!(out[0].data, pattern(1500, 3));
+    assert_eq!(rx.queue_ref().used_position(), (1, true));
+    assert_eq!(rx.posted(), 4, "refilled");
+}
+
+#[test]
+fn packed_used_position_steps_over_each_completed_chain() {
+    let b = Bench::new(0);
+    let mut q = b.packed_queue(1, 16, false);
+    let mut dev = PackedDevice::new(&b, &q);
+    let lens = [1usize, 3, 2];
+    let ids: Vec<u16> = lens
+        .iter()
+        .map(|&n| q.add_chain(&vec![readable(0x10000, 60); n]).unwrap())
+        .collect();
+    q.publish();
+    let chains: Vec<PackedChain> = std::iter::from_fn(|| dev.pop()).collect();
+    assert_eq!(
+        chains.iter().map(|c| c.slots).collect::<Vec<_>>(),
+        [1, 3, 2]
+    );
+    // Out of order: the device writes at its used position whatever completes first.
+    for (k, want) in [(1, (3, true)), (0, (4, true)), (2, (6, true))] {
+        dev.complete(&chains[k], 0);
+        assert_eq!(q.pop_used().unwrap().id, ids[k] as u32);
+        assert_eq!(q.used_position(), want);
+    }
+    assert_eq!(q.free_descriptors(), 16);
+}
+
+#[test]
+fn packed_wrap_counters_over_many_laps() {
+    let b = Bench::new(0);
+    let mut tx = TxQueue::new(b.packed_queue(1, 8, true), 256, 12).unwrap();
+    let mut dev = PackedDevice::new(&b, tx.queue_ref());
+    // 12-byte header + frame cut at 20 bytes: frames of 8, 28, 48 bytes take 1, 2, 3 slots.
+    let layout = TxLayout::COMBINED.scattered(20);
+    let slots_of = |i: u32| (i % 3 + 1) as u16;
+    let (mut sent, mut seen, mut slots) = (0u32, 0u32, 0u32);
+    while seen < 100 {
+        if sent < 100 {
+            let mut frame = pattern(8 + 20 * (sent % 3) as usize, 0);
+            frame[..4].copy_from_slice(&sent.to_le_bytes());
+            if tx.send_with(&[&frame], layout).unwrap() == 1 {
+                slots += slots_of(sent) as u32;
+                sent += 1;
+                continue;
+            }
+        }
+        // Ring full (or all sent): the device takes everything, completes it newest first.
+        let chains: Vec<PackedChain> = std::iter::from_fn(|| dev.pop()).collect();
+        assert!(!chains.is_empty());
+        for c in &chains {
+            let bytes = b.gather(&c.descs);
+            assert_eq!(u32::from_le_bytes(bytes[12..16].try_into().unwrap()), seen);
+            assert_eq!(c.slots, slots_of(seen));
+            seen += 1;
+        }
+        for c in chains.iter().rev() {
+            dev.complete(c, 0);
+        }
+        assert_eq!(tx.reclaim(), chains.len());
+    }
+    assert_eq!((tx.in_flight(), tx.queue_ref().free_descriptors()), (0, 8));
+    assert!(slots > 20 * 8, "many laps");
+    let end = ((slots % 8) as u16, (slots / 8) % 2 == 0);
+    assert_eq!(tx.queue_ref().avail_position(), end);
+    assert_eq!(tx.queue_ref().used_position(), end);
+    assert_eq!((dev.avail, dev.used), (end, end));
+}
+
+/// Posts `n` one-descriptor chains and notifies; then the device takes and completes them and
+/// the driver reclaims. Returns whether the driver kicked.
+fn post_and_complete(q: &mut DriverQueue, dev: &mut PackedDevice, n: usize) -> bool {
+    for _ in 0..n {
+        q.add_chain(&[readable(0x10000, 60)]).unwrap();
+    }
+    let kicked = q.notify().unwrap();
+    while let Some(c) = dev.pop() {
+        dev.complete(&c, 0);
+    }
+    while q.pop_used().is_some() {}
+    kicked
+}
+
+#[test]
+fn packed_kicks_follow_the_device_event_structure() {
+    let b = Bench::new(0);
+    let mut q = b.packed_queue(1, 8, true);
+    let mut dev = PackedDevice::new(&b, &q);
+    // ENABLE (all zero at start): every batch kicks; nothing new: no kick.
+    assert!(post_and_complete(&mut q, &mut dev, 1));
+    assert!(!q.notify().unwrap());
+    dev.set_device_event(EventSuppress {
+        off_wrap: 0,
+        flags: VRING_PACKED_EVENT_FLAG_DISABLE,
+    });
+    assert!(!post_and_complete(&mut q, &mut dev, 2));
+    // The device wants a kick once slot 5 (lap 1) is published; the driver is at slot 3.
+    dev.set_device_event(EventSuppress::at(5, true));
+    assert!(!post_and_complete(&mut q, &mut dev, 2), "slots 3, 4");
+    assert!(post_and_complete(&mut q, &mut dev, 1), "slot 5");
+    assert!(!post_and_complete(&mut q, &mut dev, 1), "slot 6");
+    // An event in the previous lap, inside a batch that wraps the ring end: slots 7, 0, 1.
+    dev.set_device_event(EventSuppress::at(7, true));
+    assert!(post_and_complete(&mut q, &mut dev, 3), "7 lies in [7, 8+2)");
+    assert_eq!(q.avail_position(), (2, false));
+    // Slot 4 of lap 2: not in slots 2, 3; in slot 4.
+    dev.set_device_event(EventSuppress::at(4, false));
+    assert!(!post_and_complete(&mut q, &mut dev, 2), "slots 2, 3");
+    assert!(post_and_complete(&mut q, &mut dev, 1), "slot 4");
+    // The other wrap counter than the driver's: the previous lap, long passed.
+    dev.set_device_event(EventSuppress::at(5, true));
+    assert!(!post_and_complete(&mut q, &mut dev, 2), "slots 5, 6");
+    assert_eq!(q.kicks(), 4);
+    assert_eq!(q.device_event(), EventSuppress::at(5, true));
+}
+
+#[test]
+fn packed_interrupt_suppression_uses_the_driver_event_structure() {
+    for event_idx in [false, true] {
+        let b = Bench::new(0);
+        let mut q = b.packed_queue(1, 4, event_idx);
+        let mut dev = PackedDevice::new(&b, &q);
+        let armed = |slot, wrap| {
+            if event_idx {
+                EventSuppress::at(slot, wrap)
+            } else {
+                EventSuppress::default()
+            }
+        };
+        q.set_interrupts_suppressed(true);
+        assert_eq!(dev.driver_event().flags, VRING_PACKED_EVENT_FLAG_DISABLE);
+        q.set_interrupts_suppressed(false);
+        assert_eq!(dev.driver_event(), armed(0, true));
+        // Three laps of two-slot chains: DESC follows the used position and its wrap counter.
+        for lap in 0..6u16 {
+            q.add_chain(&[readable(0x10000, 1), readable(0x20000, 1)])
+                .unwrap();
+            q.publish();
+            let c = dev.pop().unwrap();
+            dev.complete(&c, 0);
+            assert!(q.rearm_interrupts(), "the completion is pending");
+            assert!(q.pop_used().is_some());
+            assert!(!q.rearm_interrupts());
+            let done = 2 * (lap + 1); // slots used so far
+            let (slot, wrap) = (done % 4, done / 4 % 2 == 0);
+            assert_eq!(dev.driver_event(), armed(slot, wrap), "lap {lap}");
+            assert_eq!(q.driver_event(), dev.driver_event());
+        }
+        q.set_interrupts_suppressed(true);
+        assert_eq!(q.driver_event().flags, VRING_PACKED_EVENT_FLAG_DISABLE);
+    }
+}
+
+#[test]
+fn packed_rx_mergeable_buffers_one_used_descriptor_each() {
+    let b = Bench::new(0);
+    let mut rx = RxQueue::new(b.packed_queue(0, 8, true), 1024, 12, true).unwrap();
+    rx.post(8).unwrap();
+    let mut dev = PackedDevice::new(&b, rx.queue_ref());
+    let mut pkt = net_hdr(3).to_vec();
+    pkt.extend(pattern(2500, 9));
+    let chains: Vec<PackedChain> = (0..3).map(|_| dev.pop().unwrap()).collect();
+    let mut off = 0;
+    for c in &chains {
+        let n = b.scatter(&c.descs, &pkt[off..]);
+        off += n as usize;
+        dev.complete(c, n);
+    }
+    let mut out = Vec::new();
+    assert_eq!(rx.recv_into(&mut out).unwrap(), 1);
+    assert_eq!(out[0].num_buffers, 3);
+    assert_eq!(out[0].data, pattern(2500, 9));
+    assert_eq!(rx.posted(), 8, "refilled behind the ring end");
+    assert_eq!(rx.queue_ref().avail_position(), (3, false));
+}
+
+/// IN_ORDER on a split ring: the device writes one used entry for a batch, at the slot where it
+/// begins, naming its last chain, and moves `used.idx` over the whole batch.
+fn split_batch_used(b: &Bench, q: &DriverQueue, heads: &[u16], len: u32) {
+    let used = q.used_ring();
+    let idx: u16 = b
+        .mem
+        .load(GuestAddress(used + 2), Ordering::Acquire)
+        .unwrap();
+    let slot = (idx % q.size()) as u64;
+    let at = used + 4 + 8 * slot;
+    let head = *heads.last().unwrap() as u32;
+    b.mem.write_obj(head, GuestAddress(at)).unwrap();
+    b.mem.write_obj(len, GuestAddress(at + 4)).unwrap();
+    let idx = idx.wrapping_add(heads.len() as u16);
+    b.mem
+        .store(idx, GuestAddress(used + 2), Ordering::Release)
+        .unwrap();
+}
+
+#[test]
+fn in_order_batched_completions_on_a_split_ring() {
+    let b = Bench::new(0);
+    let mut q = b.queue_with(1, 8, RingKind::Split, true);
+    let mut dq = b.device_queue(&q);
+    let f = [readable(0x10000, 60)];
+    for round in 0..5 {
+        let heads: Vec<u16> = (0..5).map(|_| q.add_chain(&f).unwrap()).collect();
+        q.publish();
+        let popped: Vec<u16> = std::iter::from_fn(|| b.pop(&mut dq).map(|(h, _)| h)).collect();
+        assert_eq!(popped, heads);
+        // Two batches (2 + 3 chains), the later one published first: it waits for its turn.
+        split_batch_used(&b, &q, &heads[..2], 7);
+        split_batch_used(&b, &q, &heads[2..], 9);
+        assert_eq!(q.pending_used(), 5, "round {round}");
+        let got: Vec<(u32, u32)> =
+            std::iter::from_fn(|| q.pop_used().map(|e| (e.id, e.len))).collect();
+        let want: Vec<(u32, u32)> = heads
+            .iter()
+            .enumerate()
+            .map(|(k, &h)| (h as u32, [0, 7, 0, 0, 9][k]))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!((q.in_flight(), q.free_descriptors()), (0, 8));
+        assert_eq!(q.last_used(), q.used_idx());
+    }
+    // One entry per chain is in order too.
+    let h = q.add_chain(&f).unwrap();
+    q.publish();
+    split_batch_used(&b, &q, &[h], 3);
+    assert_eq!(
+        q.pop_used(),
+        Some(UsedElem {
+            id: h as u32,
+            len: 3
+        })
+    );
+}
+
+#[test]
+fn in_order_batched_completions_on_a_packed_ring() {
+    let b = Bench::new(0);
+    let mut tx = TxQueue::new(b.queue_with(1, 8, RingKind::Packed, true), 256, 12).unwrap();
+    let mut dev = PackedDevice::new(&b, tx.queue_ref());
+    let layout = TxLayout::COMBINED.scattered(40);
+    let (small, big) = ([0u8; 20], [0u8; 60]); // 1 and 2 slots
+    for _ in 0..10 {
+        assert_eq!(tx.send_with(&[&small, &big, &small], layout).unwrap(), 3);
+        let batch: Vec<PackedChain> = std::iter::from_fn(|| dev.pop()).collect();
+        assert_eq!(batch.iter().map(|c| c.slots).collect::<Vec<_>>(), [1, 2, 1]);
+        dev.complete_batch(&batch);
+        let ids: Vec<u32> = std::iter::from_fn(|| tx.queue().pop_used().map(|e| e.id)).collect();
+        assert_eq!(ids, batch.iter().map(|c| c.id as u32).collect::<Vec<_>>());
+        assert_eq!(tx.queue_ref().used_position(), dev.used);
+        assert_eq!(tx.in_flight(), 0);
+    }
+    assert_eq!(dev.used, (0, false), "40 slots: five laps");
+}
+
+#[test]
+fn batching_without_in_order_is_a_violation() {
+    let b = Bench::new(0);
+    // Split: the entry names the batch's last head; the slots after it hold nothing valid.
+    let mut q = b.queue_with(1, 8, RingKind::Split, false);
+    q.set_strict(false);
+    let heads: Vec<u16> = (0..3)
+        .map(|_| q.add_chain(&[readable(0x10000, 60)]).unwrap())
+        .collect();
+    q.publish();
+    split_batch_used(&b, &q, &heads, 0);
+    while q.pop_used().is_some() {}
+    assert!(q.violations() > 0);
+    assert_ne!(q.in_flight(), 0, "the batch is not taken as complete");
+
+    // Packed: chains the entry does not name stay in flight; the next slot is not used.
+    let mut q = b.queue_with(1, 8, RingKind::Packed, false);
+    let mut dev = PackedDevice::new(&b, &q);
+    for _ in 0..3 {
+        q.add_chain(&[readable(0x10000, 60)]).unwrap();
+    }
+    q.publish();
+    let batch: Vec<PackedChain> = std::iter::from_fn(|| dev.pop()).collect();
+    dev.complete_batch(&batch);
+    assert_eq!(q.pop_used().map(|e| e.id), Some(batch[2].id as u32));
+    assert_eq!(q.pop_used(), None);
+    assert_eq!(q.in_flight(), 2);
+    assert_eq!(
+        q.used_position(),
+        (1, true),
+        "stepped over the named chain only"
+    );
+}
+
+#[test]
+fn packed_bogus_ids_are_violations() {
+    for in_order in [false, true] {
+        let b = Bench::new(0);
+        let mut q = b.queue_with(1, 8, RingKind::Packed, in_order);
+        q.set_strict(false);
+        let mut dev = PackedDevice::new(&b, &q);
+        let id = q.add_chain(&[readable(0x10000, 60)]).unwrap();
+        q.publish();
+        let c = dev.pop().unwrap();
+        dev.push_used(5, 0, 1); // never posted
+        assert_eq!(q.pop_used().map(|e| e.id), Some(5));
+        assert_eq!(q.violations(), 1, "in_order {in_order}");
+        assert_eq!(q.in_flight(), 1);
+        // The real completion still works after the bad one.
+        dev.complete(&c, 0);
+        assert_eq!(q.pop_used().map(|e| e.id), Some(id as u32));
+        assert_eq!((q.violations(), q.in_flight()), (1, 0));
+        // Completing it a second time is a violation too.
+        dev.complete(&c, 0);
+        assert!(q.pop_used().is_some());
+        assert_eq!(q.violations(), 2);
+    }
+}
+
+#[test]
+#[should_panic(expected = "not the head of an in-flight chain")]
+fn packed_bogus_id_panics_in_strict_mode() {
+    let b = Bench::new(0);
+    let mut q = b.packed_queue(1, 8, true);
+    let mut dev = PackedDevice::new(&b, &q);
+    q.add_chain(&[readable(0x10000, 60)]).unwrap();
+    q.publish();
+    dev.pop().unwrap();
+    dev.push_used(7, 0, 1);
+    q.pop_used();
+}
+
+#[test]
+fn packed_raw_descriptors_reach_the_device() {
+    let b = Bench::new(0);
+    let mut q = b.packed_queue(1, 4, false);
+    let mut dev = PackedDevice::new(&b, &q);
+    let (slot, wrap) = q.avail_position();
+    q.write_packed_desc(slot, 0x4000, 33, 3, packed_avail_flags(wrap));
+    assert_eq!(
+        q.read_packed_desc(slot),
+        PackedDescriptor {
+            addr: 0x4000,
+            len: 33,
+            id: 3,
+            flags: VRING_PACKED_DESC_F_AVAIL,
+        }
+    );
+    let c = dev.pop().unwrap();
+    assert_eq!((c.id, &c.descs[..]), (3, &[(0x4000, 33, false)][..]));
+    // Managed posting continues behind the raw slot.
+    q.set_avail_position(slot + 1, wrap);
+    let id = q.add_chain(&[readable(0x5000, 1)]).unwrap();
+    q.publish();
+    assert_eq!(dev.pop().unwrap().id, id);
+    dev.complete(&c, 0);
+    assert_eq!(q.read_packed_desc(0).flags, packed_used_flags(true));
+    q.set_used_position(1, true);
+    assert_eq!(q.pending_used(), 0);
+    // Both event structures are plain memory to the raw face.
+    q.set_device_event(EventSuppress::at(2, false));
+    assert_eq!(q.device_event(), EventSuppress::at(2, false));
+    q.set_driver_event(EventSuppress::at(3, true));
+    assert_eq!(dev.driver_event(), EventSuppress::at(3, true));
+}
+
+// ---------------------------------------------------------------------------------------------
 // End to end: TestGuest against an echo device on vhost-user-backend
 // ---------------------------------------------------------------------------------------------
 
@@ -759,6 +1395,16 @@ impl Drop for EchoDevice {
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The echo device runs virtio-queue, split rings only: these tests ignore `VNIC_TEST_RING` and
+/// `VNIC_TEST_IN_ORDER`.
+fn split(opts: GuestOptions) -> GuestOptions {
+    GuestOptions {
+        ring: RingKind::Split,
+        in_order: false,
+        ..opts
+    }
+}
+
 fn roundtrip(guest: &mut TestGuest, pair: u16, frames: &[Vec<u8>]) {
     let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
     let mut sent = 0;
@@ -780,9 +1426,32 @@ fn roundtrip(guest: &mut TestGuest, pair: u16, frames: &[Vec<u8>]) {
 }
 
 #[test]
+fn connect_refuses_ring_features_the_device_does_not_offer() {
+    let packed = GuestOptions {
+        ring: RingKind::Packed,
+        ..split(GuestOptions::default())
+    };
+    let in_order = GuestOptions {
+        in_order: true,
+        ..split(GuestOptions::default())
+    };
+    for (opts, name) in [
+        (packed, "VIRTIO_F_RING_PACKED"),
+        (in_order, "VIRTIO_F_IN_ORDER"),
+    ] {
+        let dev = EchoDevice::start(1);
+        let err = TestGuest::connect(&dev.path, opts)
+            .err()
+            .expect("must fail");
+        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
+        assert!(err.to_string().contains(name), "{err}");
+    }
+}
+
+#[test]
 fn connect_negotiates_like_qemu() {
     let dev = EchoDevice::start(2);
-    let mut g = TestGuest::connect(&dev.path, GuestOptions::with_pairs(2)).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(GuestOptions::with_pairs(2))).unwrap();
     assert_eq!(g.offered_features() & VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CSUM);
     assert_eq!(g.acked_features(), g.offered_features() & DRIVER_FEATURES);
     assert_eq!(g.acked_features() & VIRTIO_NET_F_CSUM, 0);
@@ -804,7 +1473,7 @@ fn connect_negotiates_like_qemu() {
 #[test]
 fn echo_small_frames_with_every_layout() {
     let dev = EchoDevice::start(1);
-    let mut g = TestGuest::connect(&dev.path, GuestOptions::default()).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(GuestOptions::default())).unwrap();
     let frames: Vec<Vec<u8>> = (0..600).map(|i| pattern(60 + i % 1455, i as u8)).collect();
     roundtrip(&mut g, 0, &frames);
     for layout in [
@@ -828,7 +1497,7 @@ fn echo_small_frames_with_every_layout() {
 #[test]
 fn echo_big_frames_use_mergeable_buffers() {
     let dev = EchoDevice::start(1);
-    let mut g = TestGuest::connect(&dev.path, GuestOptions::default()).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(GuestOptions::default())).unwrap();
     let frames: Vec<Vec<u8>> = (0..20).map(|i| pattern(5000 + i * 3000, i as u8)).collect();
     let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
     assert_eq!(g.send(0, &refs).unwrap(), 20);
@@ -851,7 +1520,7 @@ fn echo_on_every_pair_with_nonzero_gpa_base() {
         rx_buffers: 128,
         ..GuestOptions::with_pairs(3)
     };
-    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(opts)).unwrap();
     for pair in 0..3u16 {
         let frames: Vec<Vec<u8>> = (0..300).map(|i| pattern(64 + i, pair as u8)).collect();
         roundtrip(&mut g, pair, &frames);
@@ -872,7 +1541,7 @@ fn echo_without_event_idx_or_mergeable_buffers() {
         ),
         ..GuestOptions::default()
     };
-    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(opts)).unwrap();
     assert!(!g.queue(0).event_idx());
     let frames: Vec<Vec<u8>> = (0..400).map(|i| pattern(100 + i, i as u8)).collect();
     roundtrip(&mut g, 0, &frames);
@@ -887,7 +1556,7 @@ fn disabled_pair_is_served_once_enabled() {
         enabled_pairs: 1,
         ..GuestOptions::with_pairs(2)
     };
-    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(opts)).unwrap();
     let f = pattern(100, 1);
     assert_eq!(g.send(1, &[&f]).unwrap(), 1);
     assert!(g.recv_wait(1, 1, Duration::from_millis(200)).is_empty());
@@ -903,7 +1572,7 @@ fn disabled_pair_is_served_once_enabled() {
 #[test]
 fn suppressed_rx_interrupts_still_deliver_by_polling() {
     let dev = EchoDevice::start(1);
-    let mut g = TestGuest::connect(&dev.path, GuestOptions::default()).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(GuestOptions::default())).unwrap();
     let frames: Vec<Vec<u8>> = (0..10).map(|i| pattern(100, i)).collect();
     roundtrip(&mut g, 0, &frames);
     let before = g.interrupts(0);
@@ -927,7 +1596,7 @@ fn rx_buffers_posted_later_receive_the_backlog() {
         rx_buffers: 0,
         ..GuestOptions::default()
     };
-    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(opts)).unwrap();
     let f = pattern(3000, 5);
     assert_eq!(g.send(0, &[&f, &f]).unwrap(), 2);
     assert!(g.tx_wait_idle(0, WAIT).unwrap());
@@ -947,7 +1616,7 @@ fn guest_memory_helpers() {
         gpa_base: 0x10_0000,
         ..GuestOptions::default()
     };
-    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(opts)).unwrap();
     let gpa = g.alloc(100, 64);
     assert_eq!(gpa % 64, 0);
     assert!(gpa >= 0x10_0000);
@@ -977,7 +1646,7 @@ fn mergeable_frame_waits_for_enough_rx_buffers() {
         rx_buffers: 2,
         ..GuestOptions::default()
     };
-    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(opts)).unwrap();
     let f = pattern(5000, 9); // 5012 bytes with the header: three 2048-byte buffers
     assert_eq!(g.send(0, &[&f]).unwrap(), 1);
     assert!(g.tx_wait_idle(0, WAIT).unwrap());
@@ -1004,7 +1673,7 @@ fn legacy_header_without_version_1() {
         features: Some(VIRTIO_NET_F_MAC | VIRTIO_NET_F_MQ | VHOST_USER_F_PROTOCOL_FEATURES),
         ..GuestOptions::default()
     };
-    let mut g = TestGuest::connect(&dev.path, opts).unwrap();
+    let mut g = TestGuest::connect(&dev.path, split(opts)).unwrap();
     assert_eq!(g.hdr_len(), 10);
     let frames: Vec<Vec<u8>> = (0..50).map(|i| pattern(200 + i, i as u8)).collect();
     roundtrip(&mut g, 0, &frames);
@@ -1015,7 +1684,7 @@ fn legacy_header_without_version_1() {
 #[test]
 fn pairs_can_be_driven_from_their_own_threads() {
     let dev = EchoDevice::start(2);
-    let g = TestGuest::connect(&dev.path, GuestOptions::with_pairs(2)).unwrap();
+    let g = TestGuest::connect(&dev.path, split(GuestOptions::with_pairs(2))).unwrap();
     let (frontend, _ram, pairs) = g.into_parts();
     let workers: Vec<_> = pairs
         .into_iter()

@@ -68,7 +68,8 @@ use virtio_queue::desc::split::Descriptor as OracleDesc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vnic::virtq::{
-    Access, BadChain, ChainError, GuestRegions, RingConfig, RingError, Segment, SplitRing,
+    Access, AvailMark, BadChain, ChainError, GuestRegions, Head, RingConfig, RingError, Segment,
+    SplitRing,
 };
 
 type Mem = GuestMemoryMmap<()>;
@@ -288,6 +289,8 @@ impl Ring {
             avail_ring: self.avail,
             used_ring: self.used,
             event_idx,
+            packed: false,
+            batch_used: false,
         }
     }
 
@@ -484,7 +487,7 @@ impl Got {
     fn completes(&self) -> Option<u16> {
         match self {
             Got::Chain { head, .. } => Some(*head),
-            Got::Bad(b) => b.head,
+            Got::Bad(b) => b.head.map(|h| h.id),
         }
     }
 }
@@ -525,7 +528,7 @@ fn expected_chain(
     );
     let bad = |error| {
         Got::Bad(BadChain {
-            head: Some(head),
+            head: Some(Head { id: head, slots: 1 }),
             error,
         })
     };
@@ -597,8 +600,9 @@ fn vnic_pop(
                 .map(|s| (layout.host_to_gpa(mem, s.host), s.len))
                 .collect();
             assert!(bufs.iter().all(|b| b.1 > 0), "no empty segments");
+            assert_eq!(c.head.slots, 1, "a split chain takes one avail entry");
             Got::Chain {
-                head: c.head,
+                head: c.head.id,
                 bufs,
                 bytes: c.bytes,
             }
@@ -641,6 +645,17 @@ impl World {
     /// (popped from the same bytes, from the same position) under the rule above. Returns
     /// what vnic popped.
     fn check_pops(&self, v: &mut SplitRing, access: Access, oracle: &[OracleChain]) -> Vec<Got> {
+        self.check_pops_marked(v, access, oracle).0
+    }
+
+    /// `check_pops`, with the ring's mark before each pop.
+    fn check_pops_marked(
+        &self,
+        v: &mut SplitRing,
+        access: Access,
+        oracle: &[OracleChain],
+    ) -> (Vec<Got>, Vec<AvailMark>) {
+        let mut marks = Vec::new();
         let start = v.next_avail();
         let pending = self.ring.avail_idx(&self.mem_v).wrapping_sub(start);
         let mut segs = Vec::new();
@@ -661,7 +676,7 @@ impl World {
                 None
             );
             assert_eq!(v.next_avail(), start);
-            return Vec::new();
+            return (Vec::new(), marks);
         }
         assert_eq!(
             oracle.len(),
@@ -671,6 +686,7 @@ impl World {
         let mut got = Vec::new();
         for chain in oracle {
             let want = expected_chain(&self.layout, &self.mem_o, &self.ring, chain, access);
+            marks.push(v.mark());
             let g = vnic_pop(v, &self.layout, &self.mem_v, access, &mut segs)
                 .expect("vnic pops as many chains as the oracle");
             assert_eq!(g, want, "{access:?}, oracle chain {chain:?}");
@@ -681,7 +697,7 @@ impl World {
             None
         );
         assert_eq!(v.next_avail(), start.wrapping_add(pending));
-        got
+        (got, marks)
     }
 
     fn used_equal(&self, what: &str) {
@@ -1019,7 +1035,7 @@ fn run(s: &Scenario) {
     // Pops, both directions, against the same oracle chains.
     let mut oracle = oracle_pop_all(&mut q, &w.mem_o);
     let mut got_rd = w.check_pops(&mut rd, Access::Read, &oracle);
-    let mut got_wr = w.check_pops(&mut wr, Access::Write, &oracle);
+    let (mut got_wr, mut marks) = w.check_pops_marked(&mut wr, Access::Write, &oracle);
     let pending = ring.avail_idx(&w.mem_v).wrapping_sub(na);
     if pending > ring.size {
         // The driver repairs its index: both follow again from where they were.
@@ -1028,12 +1044,15 @@ fn run(s: &Scenario) {
         assert_eq!(q.next_avail(), na);
         oracle = oracle_pop_all(&mut q, &w.mem_o);
         got_rd = w.check_pops(&mut rd, Access::Read, &oracle);
-        got_wr = w.check_pops(&mut wr, Access::Write, &oracle);
+        (got_wr, marks) = w.check_pops_marked(&mut wr, Access::Write, &oracle);
     }
 
-    // unpop(n): the last n chains pop again, the same (the oracle goes back as far).
+    // Rewinding to the mark before the last n chains: they pop again, the same (the oracle goes
+    // back as far).
     let n = s.unpop as usize % (got_wr.len() + 1);
-    wr.unpop(n as u16);
+    if n > 0 {
+        wr.rewind(marks[marks.len() - n]);
+    }
     for _ in 0..n {
         q.go_to_previous_position();
     }
@@ -1058,7 +1077,7 @@ fn run(s: &Scenario) {
         let before = ring.used_idx(&w.mem_v);
         for &h in &rest[..k] {
             let len = *lens.next().unwrap();
-            rd.push_used(h, len);
+            rd.push_used(Head { id: h, slots: 1 }, len);
             q.add_used(&w.mem_o, h, len).unwrap();
         }
         rest = &rest[k..];
@@ -1075,7 +1094,7 @@ fn run(s: &Scenario) {
     for (i, r) in s.rounds.iter().enumerate() {
         for j in 0..r.k as u16 {
             let (h, len) = ((i as u16 * 7 + j) % ring.size, j as u32 * 100);
-            rd.push_used(h, len);
+            rd.push_used(Head { id: h, slots: 1 }, len);
             q.add_used(&w.mem_o, h, len).unwrap();
         }
         rd.publish();
@@ -1189,7 +1208,7 @@ fn case(access: Access, want: Result<(Vec<(u64, u32)>, u32), ChainError>, build:
                 bytes: *bytes,
             },
             Err(error) => Got::Bad(BadChain {
-                head: Some(RAW),
+                head: Some(Head { id: RAW, slots: 1 }),
                 error: *error,
             }),
         };
@@ -1200,7 +1219,7 @@ fn case(access: Access, want: Result<(Vec<(u64, u32)>, u32), ChainError>, build:
         };
         assert_eq!(got, [raw, good], "event_idx {event_idx}");
         for (h, len) in [(RAW, 0), (GOOD, 72)] {
-            v.push_used(h, len);
+            v.push_used(Head { id: h, slots: 1 }, len);
             q.add_used(&w.mem_o, h, len).unwrap();
         }
         v.publish();
@@ -1514,7 +1533,7 @@ fn indirect_table_across_adjacent_regions_is_refused() {
     assert_eq!(
         got,
         [Got::Bad(BadChain {
-            head: Some(3),
+            head: Some(Head { id: 3, slots: 1 }),
             error: ChainError::BadIndirect
         })]
     );
@@ -1554,7 +1573,7 @@ fn no_interrupt_flag_is_honoured() {
                 .set_avail_flags(m, if no_interrupt { NO_INTERRUPT } else { 0 })
         });
         for _ in 0..push {
-            v.push_used(GOOD, 1);
+            v.push_used(Head { id: GOOD, slots: 1 }, 1);
             q.add_used(&w.mem_o, GOOD, 1).unwrap();
         }
         v.publish();
@@ -1575,7 +1594,7 @@ fn used_event_decides_like_the_oracle() {
         for round in 0u16..40 {
             let k = round % 4;
             for _ in 0..k {
-                v.push_used(GOOD, 0);
+                v.push_used(Head { id: GOOD, slots: 1 }, 0);
                 q.add_used(&w.mem_o, GOOD, 0).unwrap();
             }
             v.publish();
@@ -1595,7 +1614,7 @@ fn used_event_decides_like_the_oracle() {
 /// the driver published after the last empty pop; after chains were put back (an RX frame
 /// that did not fit) it arms at `avail.idx`, where the oracle would arm at `next_avail`.
 #[test]
-fn arm_kicks_after_unpop_arms_at_avail_idx() {
+fn arm_kicks_after_a_rewind_arms_at_avail_idx() {
     for event_idx in [false, true] {
         let w = fixture();
         w.both(|m| {
@@ -1606,11 +1625,12 @@ fn arm_kicks_after_unpop_arms_at_avail_idx() {
         });
         let mut v = w.ring.vnic(&w.mem_v, event_idx, 0, 0);
         let mut segs = Vec::new();
+        let start = v.mark();
         for _ in 0..3 {
             assert!(matches!(v.pop(Access::Write, &mut segs), Some(Ok(_))));
         }
         assert!(v.pop(Access::Write, &mut segs).is_none());
-        v.unpop(3);
+        v.rewind(start);
         v.suppress_kicks();
         let flags = if event_idx { 0 } else { NO_NOTIFY };
         assert_eq!(w.ring.used_flags(&w.mem_v), flags);
@@ -1634,7 +1654,7 @@ fn arm_kicks_after_unpop_arms_at_avail_idx() {
         }
         // The chains put back, then the new one.
         let heads: Vec<_> = std::iter::from_fn(|| v.pop(Access::Write, &mut segs))
-            .map(|r| r.unwrap().head)
+            .map(|r| r.unwrap().head.id)
             .collect();
         assert_eq!(heads, [0, 1, 2, 3]);
     }
@@ -1682,12 +1702,12 @@ fn avail_idx_is_read_once_per_burst() {
     let mut q = w.ring.oracle(&w.mem_o, false, 0, 0);
     let mut v = w.ring.vnic(&w.mem_v, false, 0, 0);
     let mut segs = Vec::new();
-    assert_eq!(v.pop(Access::Read, &mut segs).unwrap().unwrap().head, 0);
+    assert_eq!(v.pop(Access::Read, &mut segs).unwrap().unwrap().head.id, 0);
     assert_eq!(oracle_pop(&mut q, &w.mem_o).unwrap().0, 0);
     w.both(|m| w.ring.set_avail_idx(m, 1));
     assert!(oracle_pop(&mut q, &w.mem_o).is_none());
     for h in [1, 2] {
-        assert_eq!(v.pop(Access::Read, &mut segs).unwrap().unwrap().head, h);
+        assert_eq!(v.pop(Access::Read, &mut segs).unwrap().unwrap().head.id, h);
     }
     // Then it reads the index again: now behind it, which is a jump (as the oracle would see
     // it from there).

@@ -67,6 +67,16 @@ skip() {
 }
 need_cmd() { local c; for c; do command -v "$c" >/dev/null || fail "host command not found: $c (run scripts/install-deps)"; done; }
 
+# GT_VARIANT (scripts/guest-tests NAME@VARIANT): "packed" gives every guest's virtio-net-pci
+# packed=on, so QEMU offers the guest VIRTIO_F_RING_PACKED and vnic drives packed rings.
+GT_VARIANT=${GT_VARIANT:-}
+GT_DEVICE_OPTS=()
+case "$GT_VARIANT" in
+    "") ;;
+    packed) GT_DEVICE_OPTS=(--device-opts packed=on) ;;
+    *) fail "unknown guest-test variant '$GT_VARIANT' (have: packed)" ;;
+esac
+
 # --- cleanup ----------------------------------------------------------------------
 declare -a GT_BG_PIDS=() GT_NETNS=() GT_TAPS=() GUESTS=()
 declare -A GUEST_PID=() GUEST_RC=()
@@ -208,6 +218,26 @@ save_stats() {
     vnic_stats_json >"$f" 2>>"$GT_LOGS/vnic.log" || fail "vnic stats failed ($1)"
     echo "$f"
 }
+# check_ring_format ID...: waits until the guests on ports ID... are connected and checks
+# that each negotiated the ring format of the variant (RING_PACKED iff GT_VARIANT=packed).
+check_ring_format() {
+    local id j names i
+    for id; do
+        for i in $(seq 1 600); do
+            j=$(vnic_stats_json | jq -e --arg s "${P_SOCK[$id]}" \
+                '.ports[] | select(.socket == $s and .link_up and (.feature_names | index("VERSION_1")))') && break
+            sleep 0.25
+        done
+        [[ -n "$j" ]] || fail "port $id: no guest connected within 150 s"
+        names=$(jq -r '.feature_names | join(" ")' <<<"$j")
+        if [[ "$GT_VARIANT" == packed ]]; then
+            grep -qw RING_PACKED <<<"$names" || fail "port $id: packed=on, but RING_PACKED not negotiated ($names)"
+        else
+            grep -qw RING_PACKED <<<"$names" && fail "port $id: RING_PACKED negotiated without packed=on ($names)"
+        fi
+        log "port $id: ring format ${GT_VARIANT:-split} ($names)"
+    done
+}
 # port_json FILE ID: the port object of port ID from a stats file
 port_json() { jq -e --arg s "${P_SOCK[$2]}" '.ports[] | select(.socket == $s)' "$1"; }
 
@@ -218,7 +248,7 @@ boot_guest() {
     local id=$1 test=$2 args=$3; shift 3
     local cmd=("$RUN_VM" --socket "${P_SOCK[$id]}" --queues "${P_Q[$id]}" --mac "${P_MAC[$id]}"
                --mtu "${P_MTU[$id]}" --test "$test" --args "$args" --timeout "$GUEST_TIMEOUT"
-               --log "$GT_LOGS/$id.console.log" "${GT_IMAGE_OPTS[@]}" "$@")
+               --log "$GT_LOGS/$id.console.log" "${GT_IMAGE_OPTS[@]}" "${GT_DEVICE_OPTS[@]}" "$@")
     log "booting guest $id: ${cmd[*]}"
     "${cmd[@]}" >"$GT_LOGS/$id.run-vm.log" 2>&1 </dev/null &
     GUEST_PID[$id]=$!

@@ -9,7 +9,7 @@ use crate::frame::net_header::HEADER_LEN;
 use crate::stats::DropReason;
 use crate::virtq::{
     append_from_guest, copy_from_guest, copy_to_guest, split_from_guest, Access, BadChain,
-    ChainError, PoppedChain, Segment, SplitRing,
+    ChainError, Head, PoppedChain, Ring, Segment,
 };
 
 /// Smallest frame accepted from a guest: an Ethernet header.
@@ -51,7 +51,7 @@ pub fn read_tx_chain(
 /// One RX chain held for the frame being delivered.
 #[derive(Clone, Copy, Debug)]
 struct RxChain {
-    head: u16,
+    head: Head,
     segs: (usize, usize),
 }
 
@@ -79,7 +79,7 @@ pub enum RxOutcome {
 /// MRG_RXBUF allows. `hdr` must already be in its on-ring form except for `num_buffers`,
 /// which is filled here when the header has that field.
 pub fn deliver_frame(
-    ring: &mut SplitRing,
+    ring: &mut Ring,
     hdr: &mut [u8; HEADER_LEN],
     hdr_len: usize,
     mrg_rxbuf: bool,
@@ -90,6 +90,7 @@ pub fn deliver_frame(
     scratch.segs.clear();
     scratch.chains.clear();
     let mut capacity = 0;
+    let start = ring.mark();
     while capacity < total && (mrg_rxbuf || scratch.chains.is_empty()) {
         match ring.pop(Access::Write, &mut scratch.segs) {
             None => break,
@@ -98,10 +99,10 @@ pub fn deliver_frame(
                 scratch.chains.push(RxChain { head, segs });
             }
             Some(Err(BadChain {
-                error: error @ ChainError::AvailIndexJump(_),
+                error: error @ (ChainError::AvailIndexJump(_) | ChainError::EndlessChain),
                 ..
             })) => {
-                ring.unpop(scratch.chains.len() as u16);
+                ring.rewind(start);
                 return RxOutcome::RingBroken(error);
             }
             Some(Err(bad)) => {
@@ -120,7 +121,7 @@ pub fn deliver_frame(
     }
     if capacity < total {
         let popped = scratch.chains.len() as u16;
-        ring.unpop(popped);
+        ring.rewind(start);
         return if !mrg_rxbuf && popped == 1 {
             // Without MRG_RXBUF one chain must hold the frame; a guest that posts smaller ones
             // keeps them for frames that fit.

@@ -25,7 +25,7 @@ use crate::net::{Attachment, ForwardScratch};
 use crate::offload::{validate_tx, RxCaps, TxCaps};
 use crate::port::{EgressQueue, Pending, Port};
 use crate::stats::{add, ClassTotals, DropReason, PairCounters};
-use crate::virtq::{Access, BadChain, ChainError, RingCache, Segment, SplitRing};
+use crate::virtq::{Access, BadChain, ChainError, Ring, RingCache, RingKind, Segment};
 use crate::warn_ratelimited;
 
 /// Every frame waiting for an RX queue: those already staged, then its egress queue.
@@ -53,6 +53,10 @@ pub struct Negotiated {
     pub tx_caps: TxCaps,
     /// Offloads the guest takes on RX.
     pub rx_caps: RxCaps,
+    /// VIRTIO_F_RING_PACKED.
+    pub packed: bool,
+    /// VIRTIO_F_IN_ORDER: TX bursts are completed with one used entry.
+    pub in_order: bool,
 }
 
 /// Whether the worker should watch the port's tap queue (it stops while the guest has no RX
@@ -236,6 +240,15 @@ impl QueuePair {
         if self.acked != Some(acked) {
             self.neg = negotiated(acked);
             self.acked = Some(acked);
+            let packed = self.neg.packed;
+            self.tx_ring.set_kind(RingKind {
+                packed,
+                batch_used: self.neg.in_order,
+            });
+            self.rx_ring.set_kind(RingKind {
+                packed,
+                batch_used: false,
+            });
         }
     }
 
@@ -692,7 +705,7 @@ impl QueuePair {
 /// the interrupt now if the guest wants one for it (counted by why), or leaves it to the end of
 /// the coalescing window (arming `timer` when the window opened).
 fn decide_rx(
-    ring: &mut SplitRing,
+    ring: &mut Ring,
     state: &mut VringState<GuestMemAtomic>,
     counters: &PairCounters,
     decision: Decision,
@@ -729,7 +742,7 @@ struct TxScratch {
 }
 
 /// How many chains past the next one a TX burst starts loading a buffer (see
-/// [`SplitRing::prefetch`]): the next one, while the frame just popped is copied and checked.
+/// [`Ring::prefetch`]): the next one, while the frame just popped is copied and checked.
 /// (1 and 2 measured no better.)
 const TX_PREFETCH_AHEAD: u16 = 0;
 /// The same for RX, where the next chain is popped by the delivery that follows the prefetch:
@@ -740,7 +753,7 @@ const RX_PREFETCH_AHEAD: u16 = 1;
 /// copied into a frame, checked, and completed (length 0) on the used ring, not yet published.
 /// Good frames go to `batch`. Returns the chains taken.
 fn tx_burst(
-    ring: &mut SplitRing,
+    ring: &mut Ring,
     port: &Port,
     pair: usize,
     pool: &FramePool,
@@ -758,11 +771,12 @@ fn tx_burst(
         let popped = match ring.pop(Access::Read, segs) {
             None => break,
             Some(Err(BadChain {
-                error: error @ ChainError::AvailIndexJump(_),
+                error: error @ (ChainError::AvailIndexJump(_) | ChainError::EndlessChain),
                 ..
             })) => {
-                // Nothing on this ring can be trusted until the driver repairs its index: count
-                // it once per pass and stop (the next kick or poll looks again).
+                // Nothing on this ring can be trusted until the driver repairs its index (or,
+                // packed, sets the ring up again): count it once and stop (the next kick or
+                // poll looks again).
                 counters.drop(DropReason::TxBadDescriptor);
                 warn_ratelimited!(
                     "port {} queue {pair}: TX ring: {error:?}, not followed",

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -179,6 +179,8 @@ fn negotiated(port: &Port, tap: Option<&Tap>, acked: u64) -> Negotiated {
             tap_max_frame: if tap_offloads { job_frame } else { max_frame },
             tx_caps,
             rx_caps: RxCaps::from_features(acked),
+            packed: features::has(acked, VIRTIO_F_RING_PACKED),
+            in_order: features::has(acked, VIRTIO_F_IN_ORDER),
         }
     }
 }
@@ -239,7 +241,10 @@ impl VhostUserBackend for PortBackend {
     }
 
     fn features(&self) -> u64 {
-        features::offered(self.inner.port.config.offloads)
+        let c = &self.inner.port.config;
+        let rings =
+            (c.packed as u64 * features::RING_PACKED) | (c.in_order as u64 * features::IN_ORDER);
+        features::offered(c.offloads, rings)
     }
 
     fn acked_features(&self, features: u64) {

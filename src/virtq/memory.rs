@@ -124,6 +124,36 @@ impl GuestRegions {
     }
 }
 
+/// Reads the 16 bytes of a descriptor at `at` once (the guest may rewrite it meanwhile), as two
+/// little-endian words: bytes 0-7 (the address) and 8-15 (length and the layout's two 16-bit
+/// fields). Both ring layouts share this size. Two 8-byte loads where `at` is 8-aligned (a
+/// ring's own table is 16-aligned); an indirect table need not be aligned at all and is then
+/// read as bytes (a volatile 16-byte array read compiles to 16 byte loads).
+///
+/// # Safety
+/// `at..at + 16` must lie inside a guest mapping that stays mapped for the call.
+#[inline]
+pub unsafe fn read_desc_words(at: *const u8) -> (u64, u64) {
+    let (lo, hi) = if (at as usize).is_multiple_of(8) {
+        let words = at as *const u64;
+        // SAFETY: the caller's range, 8-aligned.
+        unsafe {
+            (
+                std::ptr::read_volatile(words),
+                std::ptr::read_volatile(words.add(1)),
+            )
+        }
+    } else {
+        // SAFETY: the caller's range.
+        let b: [u8; 16] = unsafe { std::ptr::read_volatile(at.cast()) };
+        (
+            u64::from_ne_bytes(b[..8].try_into().expect("8 bytes")),
+            u64::from_ne_bytes(b[8..].try_into().expect("8 bytes")),
+        )
+    };
+    (u64::from_le(lo), u64::from_le(hi))
+}
+
 /// Asks the CPU to bring the cache line at `at` in (a hint: it never faults).
 #[inline]
 pub fn prefetch_line(at: *const u8) {

@@ -21,9 +21,11 @@ use virtio_bindings::virtio_ring::{
     VRING_USED_F_NO_NOTIFY,
 };
 
-use super::memory::{prefetch_line, GuestRegions, Segment};
+use super::memory::{prefetch_line, read_desc_words, GuestRegions, Segment};
 use super::GuestMem;
-use super::{Access, BadChain, ChainError, PoppedChain, RingError};
+use super::{
+    map_part, Access, AvailMark, BadChain, ChainError, Head, PoppedChain, RingConfig, RingError,
+};
 
 /// A descriptor as the driver wrote it (`struct virtq_desc`).
 #[repr(C)]
@@ -36,16 +38,6 @@ struct Desc {
 }
 
 const DESC_SIZE: u64 = 16;
-
-/// Where a queue is, as the frontend configured it (guest-physical addresses).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingConfig {
-    pub size: u16,
-    pub desc_table: u64,
-    pub avail_ring: u64,
-    pub used_ring: u64,
-    pub event_idx: bool,
-}
 
 /// One split ring, as the device side drives it.
 pub struct SplitRing {
@@ -66,6 +58,9 @@ pub struct SplitRing {
     next_used: u16,
     /// `used.idx` as last published.
     published: u16,
+    /// With `batch_used`: the last chain completed since `published` and its length; its
+    /// entry is written at `publish`.
+    batch_last: Option<(u16, u32)>,
     /// `used.idx` at the last interrupt decision: EVENT_IDX asks whether the driver's event
     /// index was passed since then (as Linux and virtio-queue decide).
     checked: u16,
@@ -87,7 +82,7 @@ fn write_flag(access: Access) -> u16 {
 }
 
 /// `size` must be a power of two no larger than 32768 (virtio 1.x, 2.7).
-fn valid_size(size: u16) -> bool {
+pub(super) fn valid_size(size: u16) -> bool {
     size != 0 && size.is_power_of_two() && size <= 32768
 }
 
@@ -104,15 +99,7 @@ impl SplitRing {
             return Err(RingError::BadSize(config.size));
         }
         let n = config.size as u64;
-        let map = |gpa: u64, len: u64, align: usize| {
-            let host = regions
-                .host_range(gpa, len)
-                .ok_or(RingError::OutsideMemory(gpa))?;
-            if !(host as usize).is_multiple_of(align) || !gpa.is_multiple_of(align as u64) {
-                return Err(RingError::Misaligned(gpa));
-            }
-            Ok(host)
-        };
+        let map = |gpa, len, align| map_part(&regions, gpa, len, align);
         let desc = map(config.desc_table, DESC_SIZE * n, 16)? as *const Desc;
         let avail = map(config.avail_ring, 6 + 2 * n, 2)? as *const u16;
         let used = map(config.used_ring, 6 + 8 * n, 4)?;
@@ -128,6 +115,7 @@ impl SplitRing {
             jumped_to: None,
             next_used,
             published: next_used,
+            batch_last: None,
             checked: next_used,
             polling: false,
         })
@@ -160,6 +148,7 @@ impl SplitRing {
         self.exhausted_at = next_avail;
         self.next_used = next_used;
         self.published = next_used;
+        self.batch_last = None;
         self.checked = next_used;
     }
 
@@ -223,29 +212,8 @@ impl SplitRing {
 
     #[inline]
     fn read_desc(&self, table: *const Desc, index: u16) -> Desc {
-        // SAFETY: the caller checked `index` against the table's length. Read once, as two
-        // 8-byte loads where the table allows (the ring's own table is 16-aligned; an indirect
-        // table need not be aligned at all, and is then read as bytes): the guest may rewrite
-        // it meanwhile. (A volatile 16-byte array read compiles to 16 byte loads.)
-        let at = unsafe { table.add(index as usize) };
-        let (lo, hi) = if (at as usize).is_multiple_of(8) {
-            let words = at as *const u64;
-            // SAFETY: as above, and 8-aligned.
-            unsafe {
-                (
-                    std::ptr::read_volatile(words),
-                    std::ptr::read_volatile(words.add(1)),
-                )
-            }
-        } else {
-            // SAFETY: as above.
-            let b: [u8; 16] = unsafe { std::ptr::read_volatile(at.cast()) };
-            (
-                u64::from_ne_bytes(b[..8].try_into().expect("8 bytes")),
-                u64::from_ne_bytes(b[8..].try_into().expect("8 bytes")),
-            )
-        };
-        let (lo, hi) = (u64::from_le(lo), u64::from_le(hi));
+        // SAFETY: the caller checked `index` against the table's length.
+        let (lo, hi) = unsafe { read_desc_words(table.add(index as usize).cast()) };
         Desc {
             addr: lo,
             len: hi as u32,
@@ -277,14 +245,15 @@ impl SplitRing {
             }
         }
         let slot = (self.next_avail & (self.size() - 1)) as usize;
-        let head = u16::from_le(self.avail_field(2 + slot).load(Ordering::Relaxed));
+        let id = u16::from_le(self.avail_field(2 + slot).load(Ordering::Relaxed));
         self.next_avail = self.next_avail.wrapping_add(1);
-        if head >= self.size() {
-            let error = ChainError::BadHead(head);
+        if id >= self.size() {
+            let error = ChainError::BadHead(id);
             return Some(Err(BadChain { head: None, error }));
         }
+        let head = Head { id, slots: 1 };
         let mark = segs.len();
-        let d = self.read_desc(self.desc, head);
+        let d = self.read_desc(self.desc, id);
         let want = write_flag(access);
         // The usual chain, one buffer of the right kind inside one region: straight through.
         let kind = VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
@@ -325,7 +294,7 @@ impl SplitRing {
     #[inline(never)]
     fn pop_chain(
         &self,
-        head: u16,
+        head: Head,
         first: Desc,
         access: Access,
         segs: &mut Vec<Segment>,
@@ -347,10 +316,18 @@ impl SplitRing {
         }
     }
 
-    /// Puts back the last `n` chains popped in this pass (not yet completed): they will be
+    /// Where the next `pop` starts, to come back to with `rewind`.
+    pub fn mark(&self) -> AvailMark {
+        AvailMark {
+            next: self.next_avail,
+            wrap: false,
+        }
+    }
+
+    /// Puts back every chain popped since `mark` (none of them completed): they will be
     /// popped again.
-    pub fn unpop(&mut self, n: u16) {
-        self.next_avail = self.next_avail.wrapping_sub(n);
+    pub fn rewind(&mut self, mark: AvailMark) {
+        self.next_avail = mark.next;
     }
 
     /// Follows a chain from its first descriptor `first` (read from the ring's table), one
@@ -413,21 +390,36 @@ impl SplitRing {
     /// Completes chain `head` with `len` bytes written. Visible to the driver after
     /// [`SplitRing::publish`].
     #[inline]
-    pub fn push_used(&mut self, head: u16, len: u32) {
-        let slot = (self.next_used & (self.size() - 1)) as usize;
-        // SAFETY: slot < size: inside the mapped used ring; 4-aligned.
-        unsafe {
-            let elem = self.used.add(4 + 8 * slot) as *mut [u32; 2];
-            std::ptr::write_volatile(elem, [(head as u32).to_le(), len.to_le()]);
+    pub fn push_used(&mut self, head: Head, len: u32) {
+        if self.config.batch_used {
+            self.batch_last = Some((head.id, len));
+        } else {
+            self.write_used(self.next_used, head.id, len);
         }
         self.next_used = self.next_used.wrapping_add(1);
     }
 
+    #[inline]
+    fn write_used(&mut self, at: u16, id: u16, len: u32) {
+        let slot = (at & (self.size() - 1)) as usize;
+        // SAFETY: slot < size: inside the mapped used ring; 4-aligned.
+        unsafe {
+            let elem = self.used.add(4 + 8 * slot) as *mut [u32; 2];
+            std::ptr::write_volatile(elem, [(id as u32).to_le(), len.to_le()]);
+        }
+    }
+
     /// Makes every entry pushed since the last call visible with one store of `used.idx`.
-    /// Returns how many were published.
+    /// Returns how many were published. With `batch_used` (IN_ORDER, TX) the burst is one
+    /// entry, in the slot where it begins, naming its last chain: the driver completes the
+    /// chains before it in order (virtio 1.2, 2.7.9; DPDK's and Linux's in-order drivers read
+    /// it there).
     #[inline]
     pub fn publish(&mut self) -> u16 {
         let n = self.next_used.wrapping_sub(self.published);
+        if let Some((id, len)) = self.batch_last.take() {
+            self.write_used(self.published, id, len);
+        }
         if n != 0 {
             // Release: the entries (and the buffers they describe) before the index.
             self.used_u16(2)

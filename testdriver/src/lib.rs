@@ -1,11 +1,21 @@
 //! A test driver that plays both QEMU (the vhost-user frontend) and a guest's virtio-net driver.
 //!
 //! [`TestGuest::connect`] connects to a vhost-user socket and configures the device the way QEMU
-//! does; the guest side then sends and receives frames through virtio 1.x split rings in a
-//! shared memfd ([`GuestRam`]). Lower layers are public for tests that need more control:
-//! [`TxQueue`] / [`RxQueue`] (frames, layouts, refilling), [`DriverQueue`] (one virtqueue,
-//! including raw descriptor and index access for hostile tests) and the `vhost` [`Frontend`]
-//! itself.
+//! does; the guest side then sends and receives frames through virtio 1.x rings (split, or
+//! packed with `VIRTIO_F_RING_PACKED`) in a shared memfd ([`GuestRam`]). Lower layers are
+//! public for tests that need more control: [`TxQueue`] / [`RxQueue`] (frames, layouts,
+//! refilling), [`DriverQueue`] (one virtqueue, including raw descriptor and index access for
+//! hostile tests) and the `vhost` [`Frontend`] itself.
+//!
+//! Ring kind and in-order completion come from [`GuestOptions::ring`] and
+//! [`GuestOptions::in_order`], whose defaults the environment sets, so that one test binary runs
+//! against every ring flavour:
+//!
+//! * `VNIC_TEST_RING=packed` acks `VIRTIO_F_RING_PACKED` (unset, empty or `split`: split rings);
+//! * `VNIC_TEST_IN_ORDER=1` acks `VIRTIO_F_IN_ORDER` (unset, empty or `0`: not).
+//!
+//! Asking for a feature the device does not offer makes `connect` fail, naming it. Any other
+//! value of either variable panics.
 //!
 //! Addresses: the memory table carries one region, `guest_phys_addr = gpa_base`,
 //! `userspace_addr = ` this process's mapping; `SET_VRING_ADDR` carries *frontend virtual
@@ -15,13 +25,22 @@
 pub mod frames;
 mod memory;
 mod net_queue;
+mod packed_ring;
+mod queue;
 mod split_ring;
 
 pub use memory::GuestRam;
 pub use net_queue::{RxFrame, RxQueue, TxLayout, TxQueue, NET_HDR_LEN, NET_HDR_LEN_LEGACY};
+pub use packed_ring::{
+    packed_avail_flags, packed_ring_size, packed_used_flags, wrap_position, EventSuppress,
+    PackedDescriptor, EVENT_SUPPRESS_SIZE, VRING_PACKED_DESC_F_AVAIL, VRING_PACKED_DESC_F_USED,
+    VRING_PACKED_EVENT_FLAG_DESC, VRING_PACKED_EVENT_FLAG_DISABLE, VRING_PACKED_EVENT_FLAG_ENABLE,
+    VRING_PACKED_EVENT_F_WRAP_CTR,
+};
+pub use queue::{DriverQueue, RingKind, RingOptions};
 pub use split_ring::{
-    avail_ring_size, desc_table_size, used_ring_size, vring_need_event, Descriptor, DriverQueue,
-    Segment, UsedElem, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    avail_ring_size, desc_table_size, used_ring_size, vring_need_event, Descriptor, Segment,
+    UsedElem, VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
 };
 pub use vhost::vhost_user::Frontend;
@@ -98,8 +117,13 @@ pub struct GuestOptions {
     pub mem_size: usize,
     /// Guest-physical address where memory starts (DPDK's virtio_user uses non-zero ones).
     pub gpa_base: u64,
-    /// Features to ack, sent verbatim. `None`: offered & [`DRIVER_FEATURES`].
+    /// Features to ack, sent verbatim but for `VIRTIO_F_RING_PACKED` and `VIRTIO_F_IN_ORDER`,
+    /// which `ring` and `in_order` decide. `None`: offered & [`DRIVER_FEATURES`].
     pub features: Option<u64>,
+    /// Ring layout to ack and drive. Default: `VNIC_TEST_RING` (see the crate documentation).
+    pub ring: RingKind,
+    /// Ack `VIRTIO_F_IN_ORDER` and read completions by its rules. Default: `VNIC_TEST_IN_ORDER`.
+    pub in_order: bool,
     /// Protocol features to ack, sent verbatim. `None`: offered & [`DRIVER_PROTOCOL_FEATURES`].
     pub protocol_features: Option<u64>,
     /// Bytes per posted RX buffer, header included.
@@ -129,6 +153,8 @@ impl Default for GuestOptions {
             mem_size: 64 << 20,
             gpa_base: 0,
             features: None,
+            ring: env_ring(),
+            in_order: env_in_order(),
             protocol_features: None,
             rx_buffer_size: 2048,
             rx_buffers: u16::MAX,
@@ -150,6 +176,59 @@ impl GuestOptions {
             ..GuestOptions::default()
         }
     }
+}
+
+/// `VNIC_TEST_RING`: the ring kind tests use by default.
+fn env_ring() -> RingKind {
+    match std::env::var("VNIC_TEST_RING").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "split") => RingKind::Split,
+        Ok("packed") => RingKind::Packed,
+        other => panic!("VNIC_TEST_RING must be split or packed, not {other:?}"),
+    }
+}
+
+/// `VNIC_TEST_IN_ORDER`: whether tests ack `VIRTIO_F_IN_ORDER` by default.
+fn env_in_order() -> bool {
+    match std::env::var("VNIC_TEST_IN_ORDER").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "0") => false,
+        Ok("1") => true,
+        other => panic!("VNIC_TEST_IN_ORDER must be 0 or 1, not {other:?}"),
+    }
+}
+
+/// The ring feature bits `opts` asks for, checked against what the device offered.
+fn ring_features(opts: &GuestOptions, offered: u64) -> io::Result<u64> {
+    let mut bits = 0;
+    if opts.ring == RingKind::Packed {
+        bits |= VIRTIO_F_RING_PACKED;
+    }
+    if opts.in_order {
+        bits |= VIRTIO_F_IN_ORDER;
+    }
+    let missing = bits & !offered;
+    for (bit, name, env) in [
+        (
+            VIRTIO_F_RING_PACKED,
+            "VIRTIO_F_RING_PACKED",
+            "VNIC_TEST_RING=packed",
+        ),
+        (
+            VIRTIO_F_IN_ORDER,
+            "VIRTIO_F_IN_ORDER",
+            "VNIC_TEST_IN_ORDER=1",
+        ),
+    ] {
+        if missing & bit != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the device does not offer {name}, which the test asks for \
+                     (GuestOptions, default from {env})"
+                ),
+            ));
+        }
+    }
+    Ok(bits)
 }
 
 /// The parsed `virtio_net_config`.
@@ -243,7 +322,9 @@ impl TestGuest {
 
         frontend.set_owner().map_err(vhost_err("SET_OWNER"))?;
         let offered_features = frontend.get_features().map_err(vhost_err("GET_FEATURES"))?;
-        let acked_features = opts.features.unwrap_or(offered_features & DRIVER_FEATURES);
+        let acked_features = opts.features.unwrap_or(offered_features & DRIVER_FEATURES)
+            & !(VIRTIO_F_RING_PACKED | VIRTIO_F_IN_ORDER)
+            | ring_features(&opts, offered_features)?;
 
         let mut offered_protocol_features = 0;
         let mut acked_protocol_features = 0;
@@ -299,7 +380,7 @@ impl TestGuest {
             }])
             .map_err(vhost_err("SET_MEM_TABLE"))?;
 
-        let event_idx = acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let ring = RingOptions::from_features(acked_features);
         let mrg_rxbuf = acked_features & VIRTIO_NET_F_MRG_RXBUF != 0;
         let hdr_len = if acked_features & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
             NET_HDR_LEN
@@ -309,8 +390,8 @@ impl TestGuest {
 
         let mut pairs = Vec::with_capacity(opts.queue_pairs as usize);
         for p in 0..opts.queue_pairs {
-            let rxq = DriverQueue::new(ram.clone(), 2 * p, opts.queue_size, event_idx)?;
-            let txq = DriverQueue::new(ram.clone(), 2 * p + 1, opts.queue_size, event_idx)?;
+            let rxq = DriverQueue::with_options(ram.clone(), 2 * p, opts.queue_size, ring)?;
+            let txq = DriverQueue::with_options(ram.clone(), 2 * p + 1, opts.queue_size, ring)?;
             let mut rx = RxQueue::new(rxq, opts.rx_buffer_size, hdr_len, mrg_rxbuf)?;
             let mut tx = TxQueue::new(txq, opts.tx_buffer_size, hdr_len)?;
             tx.set_layout(opts.tx_layout);
@@ -334,9 +415,9 @@ impl TestGuest {
             queue_num,
             hdr_len,
         };
-        for p in 0..opts.queue_pairs {
-            guest.setup_vring(2 * p)?;
-            guest.setup_vring(2 * p + 1)?;
+        for index in 0..2 * opts.queue_pairs {
+            let base = guest.queue_ref(index).initial_vring_base();
+            guest.setup_vring(index, base)?;
         }
         if acked_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             for p in 0..opts.enabled_pairs.min(opts.queue_pairs) {
@@ -353,8 +434,12 @@ impl TestGuest {
         Ok(guest)
     }
 
-    /// Sends the vring setup messages for one queue.
-    fn setup_vring(&mut self, index: u16) -> io::Result<()> {
+    /// Sends the vring setup messages for queue `index`: `SET_VRING_NUM`, `SET_VRING_ADDR`,
+    /// `SET_VRING_BASE base`, `SET_VRING_CALL`, `SET_VRING_KICK`. `base` is
+    /// [`DriverQueue::initial_vring_base`] for a fresh or reset queue, or the low 16 bits of what
+    /// [`TestGuest::get_vring_base`] returned, to resume a stopped one as QEMU does (the message
+    /// carries 16 bits: a packed ring's avail slot and wrap counter).
+    pub fn setup_vring(&mut self, index: u16, base: u16) -> io::Result<()> {
         let ram = self.ram.clone();
         let q = self.queue(index);
         let size = q.size();
@@ -364,8 +449,8 @@ impl TestGuest {
             queue_size: size,
             flags: 0,
             desc_table_addr: host(q.desc_table()),
-            used_ring_addr: host(q.used_ring()),
-            avail_ring_addr: host(q.avail_ring()),
+            used_ring_addr: host(q.device_area()),
+            avail_ring_addr: host(q.driver_area()),
             log_addr: None,
         };
         let i = index as usize;
@@ -375,7 +460,7 @@ impl TestGuest {
             .map_err(vhost_err("SET_VRING_NUM"))?;
         f.set_vring_addr(i, &config)
             .map_err(vhost_err("SET_VRING_ADDR"))?;
-        f.set_vring_base(i, 0)
+        f.set_vring_base(i, base)
             .map_err(vhost_err("SET_VRING_BASE"))?;
         f.set_vring_call(i, q.call_fd())
             .map_err(vhost_err("SET_VRING_CALL"))?;
@@ -450,7 +535,8 @@ impl TestGuest {
     }
 
     /// `GET_VRING_BASE`: stops the queue in the device and returns its next avail index (what
-    /// QEMU does when the guest stops or migrates).
+    /// QEMU does when the guest stops or migrates). Packed: bits 0-14 the avail slot, bit 15 its
+    /// wrap counter; a device may put its used position in bits 16-31 the same way.
     pub fn get_vring_base(&mut self, queue_index: u16) -> io::Result<u32> {
         self.frontend
             .get_vring_base(queue_index as usize)

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::memory::GuestRam;
-use super::split_ring::{DriverQueue, Segment};
+use super::queue::DriverQueue;
+use super::split_ring::Segment;
 
 /// Size of `virtio_net_hdr_v1` (with `num_buffers`), used whenever `VERSION_1` or `MRG_RXBUF`
 /// is negotiated.

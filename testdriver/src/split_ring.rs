@@ -1,32 +1,17 @@
-//! The driver side of one virtio 1.x split virtqueue, in shared guest memory.
+//! The split virtqueue layout (virtio 1.x §2.7): descriptor table, available ring, used ring.
 //!
-//! [`DriverQueue`] owns a descriptor table, an available ring and a used ring, allocated in
-//! [`GuestRam`], plus the queue's kick and call eventfds. It has two faces:
-//!
-//! * **Managed**: [`DriverQueue::add_chain`] / [`DriverQueue::add_indirect`] take descriptors from
-//!   a free list and remember each in-flight chain; [`DriverQueue::pop_used`] returns used entries
-//!   and frees their chains; [`DriverQueue::notify`] publishes the avail index and kicks only when
-//!   the device asked for it (`EVENT_IDX` `avail_event`, or `VRING_USED_F_NO_NOTIFY`). The
-//!   driver keeps its own shadow of every descriptor it wrote and never trusts device-writable
-//!   memory to free chains, like Linux does.
-//! * **Raw**, for hostile tests: [`DriverQueue::write_desc`], [`DriverQueue::push_avail_raw`],
-//!   [`DriverQueue::set_avail_idx`], [`DriverQueue::used_elem`], ... read and write ring memory
-//!   directly, bypassing all bookkeeping. Raw-posted heads are unknown to the managed side: read
-//!   their completions with the raw accessors, not with `pop_used`.
+//! [`SplitRing`] is the split half of [`DriverQueue`](crate::DriverQueue): the ring memory, the
+//! descriptor free list and the indices. It keeps its own shadow of every descriptor it wrote
+//! and never trusts device-writable memory to free chains, like Linux does.
 //!
 //! Memory ordering follows the virtio spec and Linux: descriptors and avail ring slots are plain
 //! writes followed by a `Release` store of `avail.idx`; `used.idx` is loaded with `Acquire`
 //! before used elements are read; a full fence separates publishing from reading the device's
-//! suppression fields (`avail_event`, `used.flags`) and re-arming `used_event` from re-checking
-//! `used.idx`.
+//! suppression fields (`avail_event`, `used.flags`).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::memory::GuestRam;
 
@@ -112,7 +97,7 @@ impl Segment {
     }
 }
 
-/// One used-ring element: the head id of a completed chain and the bytes the device wrote.
+/// One completion: the head id (packed: buffer id) of a chain and the bytes the device wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsedElem {
     pub id: u32,
@@ -140,15 +125,13 @@ pub fn used_ring_size(size: u16) -> usize {
     4 + 8 * size as usize + 2
 }
 
-/// The driver side of one split virtqueue. See the module documentation.
-pub struct DriverQueue {
+/// The split-ring state of one driver queue. See the module documentation.
+pub(crate) struct SplitRing {
     ram: Arc<GuestRam>,
-    index: u16,
     size: u16,
     desc_gpa: u64,
     avail_gpa: u64,
     used_gpa: u64,
-    event_idx: bool,
 
     /// What the driver wrote into each descriptor-table entry (managed chains only).
     shadow: Vec<Descriptor>,
@@ -156,7 +139,6 @@ pub struct DriverQueue {
     free: Vec<u16>,
     /// Per head: descriptors in the in-flight chain (0 = not in flight).
     chain_len: Vec<u16>,
-    in_flight: usize,
 
     /// Next avail index to fill (may be ahead of `published`).
     avail_idx: u16,
@@ -164,75 +146,39 @@ pub struct DriverQueue {
     published: u16,
     /// `avail.idx` at the last kick decision (the spec's `old`).
     kick_old: u16,
-    /// Next used index the driver will consume.
+    /// Next used index the driver will read.
     last_used: u16,
     /// Shadow of `avail.flags`.
     avail_flags: u16,
-    interrupts_suppressed: bool,
-
-    kick: EventFd,
-    call: EventFd,
-    interrupts: u64,
-    kicks: u64,
-
-    strict: bool,
-    violations: u64,
 }
 
-impl DriverQueue {
-    /// Allocates the three rings of a queue of `size` entries in `ram` (page-aligned, zeroed) and
-    /// creates non-blocking kick and call eventfds. `index` is the virtqueue index used in
-    /// vhost-user messages (RX of pair p = 2p, TX = 2p+1).
-    pub fn new(
-        ram: Arc<GuestRam>,
-        index: u16,
-        size: u16,
-        event_idx: bool,
-    ) -> io::Result<DriverQueue> {
-        if size == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "queue size must not be 0",
-            ));
-        }
+impl SplitRing {
+    /// Allocates the three rings of `size` entries in `ram` (page-aligned, then zeroed).
+    pub(crate) fn new(ram: Arc<GuestRam>, size: u16) -> io::Result<SplitRing> {
         let oom = || io::Error::new(io::ErrorKind::OutOfMemory, "guest memory exhausted");
         let desc_gpa = ram.alloc(desc_table_size(size), 4096).ok_or_else(oom)?;
         let avail_gpa = ram.alloc(avail_ring_size(size), 4096).ok_or_else(oom)?;
         let used_gpa = ram.alloc(used_ring_size(size), 4096).ok_or_else(oom)?;
-        let kick = EventFd::new(EFD_NONBLOCK)?;
-        let call = EventFd::new(EFD_NONBLOCK)?;
-        let mut q = DriverQueue {
+        let mut r = SplitRing {
             ram,
-            index,
             size,
             desc_gpa,
             avail_gpa,
             used_gpa,
-            event_idx,
             shadow: Vec::new(),
             free: Vec::new(),
             chain_len: Vec::new(),
-            in_flight: 0,
             avail_idx: 0,
             published: 0,
             kick_old: 0,
             last_used: 0,
             avail_flags: 0,
-            interrupts_suppressed: false,
-            kick,
-            call,
-            interrupts: 0,
-            kicks: 0,
-            strict: true,
-            violations: 0,
         };
-        q.reset();
-        Ok(q)
+        r.reset();
+        Ok(r)
     }
 
-    /// Zeroes the rings and forgets every in-flight chain and index, as after a device reset.
-    /// Interrupt and kick counters are kept.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.ram.fill(self.desc_gpa, desc_table_size(self.size), 0);
         self.ram.fill(self.avail_gpa, avail_ring_size(self.size), 0);
         self.ram.fill(self.used_gpa, used_ring_size(self.size), 0);
@@ -240,121 +186,40 @@ impl DriverQueue {
         self.shadow = vec![Descriptor::default(); n];
         self.free = (0..self.size).rev().collect();
         self.chain_len = vec![0; n];
-        self.in_flight = 0;
         self.avail_idx = 0;
         self.published = 0;
         self.kick_old = 0;
         self.last_used = 0;
         self.avail_flags = 0;
-        self.interrupts_suppressed = false;
     }
 
-    // ----- identity and layout -----
-
-    /// The virtqueue index (as used in vhost-user messages).
-    pub fn index(&self) -> u16 {
-        self.index
-    }
-
-    /// Number of entries.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
-    /// Guest-physical address of the descriptor table.
-    pub fn desc_table(&self) -> u64 {
+    pub(crate) fn desc_table(&self) -> u64 {
         self.desc_gpa
     }
 
-    /// Guest-physical address of the available ring.
-    pub fn avail_ring(&self) -> u64 {
+    pub(crate) fn avail_ring(&self) -> u64 {
         self.avail_gpa
     }
 
-    /// Guest-physical address of the used ring.
-    pub fn used_ring(&self) -> u64 {
+    pub(crate) fn used_ring(&self) -> u64 {
         self.used_gpa
-    }
-
-    /// The guest memory this queue lives in.
-    pub fn ram(&self) -> &Arc<GuestRam> {
-        &self.ram
-    }
-
-    /// Whether `VIRTIO_F_EVENT_IDX` rules are used for kicks and interrupts.
-    pub fn event_idx(&self) -> bool {
-        self.event_idx
-    }
-
-    /// Switches `EVENT_IDX` rules on or off (e.g. after renegotiating features).
-    pub fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
-    }
-
-    /// The eventfd the driver writes to kick the device (sent with `SET_VRING_KICK`).
-    pub fn kick_fd(&self) -> &EventFd {
-        &self.kick
-    }
-
-    /// The eventfd the device writes to interrupt the driver (sent with `SET_VRING_CALL`).
-    pub fn call_fd(&self) -> &EventFd {
-        &self.call
-    }
-
-    /// Replaces the call eventfd with a new one (the caller sends it with `SET_VRING_CALL`);
-    /// interrupts on the old one are counted first and no longer seen after.
-    pub fn renew_call_fd(&mut self) -> io::Result<&EventFd> {
-        self.poll_interrupts();
-        self.call = EventFd::new(EFD_NONBLOCK)?;
-        Ok(&self.call)
-    }
-
-    /// In strict mode (the default) a device protocol violation seen by the managed side (a used
-    /// id that is not an in-flight head, more pending used entries than the ring holds) panics
-    /// with a description. Otherwise it is counted in [`DriverQueue::violations`] and skipped.
-    pub fn set_strict(&mut self, strict: bool) {
-        self.strict = strict;
-    }
-
-    /// Device protocol violations seen in non-strict mode.
-    pub fn violations(&self) -> u64 {
-        self.violations
-    }
-
-    pub(crate) fn violation(&mut self, what: String) {
-        if self.strict {
-            panic!(
-                "virtqueue {}: device protocol violation: {}",
-                self.index, what
-            );
-        }
-        self.violations += 1;
     }
 
     // ----- managed posting -----
 
-    /// Descriptors not currently in any managed chain.
-    pub fn free_descriptors(&self) -> usize {
+    pub(crate) fn free_descriptors(&self) -> usize {
         self.free.len()
     }
 
-    /// Managed chains posted and not yet returned through the used ring.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Whether `head` is the head of an in-flight managed chain.
-    pub fn is_in_flight(&self, head: u32) -> bool {
+    pub(crate) fn is_in_flight(&self, head: u32) -> bool {
         (head as usize) < self.chain_len.len() && self.chain_len[head as usize] != 0
     }
 
-    /// The descriptor index the next `add_chain`/`add_indirect` will use as its head.
-    pub fn peek_head(&self) -> Option<u16> {
+    pub(crate) fn peek_head(&self) -> Option<u16> {
         self.free.last().copied()
     }
 
-    /// What the driver last wrote into descriptor `index` through the managed side.
-    pub fn shadow_desc(&self, index: u16) -> Descriptor {
+    pub(crate) fn shadow_desc(&self, index: u16) -> Descriptor {
         self.shadow[index as usize]
     }
 
@@ -371,10 +236,7 @@ impl DriverQueue {
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
-    /// Posts `segs` as one descriptor chain (in order, `NEXT`-linked, `WRITE` where asked) and
-    /// puts its head on the available ring (not yet published: see [`DriverQueue::notify`]).
-    /// Returns the head, or `None` if `segs` is empty or there are not enough free descriptors.
-    pub fn add_chain(&mut self, segs: &[Segment]) -> Option<u16> {
+    pub(crate) fn add_chain(&mut self, segs: &[Segment]) -> Option<u16> {
         let n = segs.len();
         if n == 0 || n > self.free.len() {
             return None;
@@ -393,16 +255,11 @@ impl DriverQueue {
         }
         self.free.truncate(top - n);
         self.chain_len[head as usize] = n as u16;
-        self.in_flight += 1;
         self.put_avail(head);
         Some(head)
     }
 
-    /// Writes `segs` as an indirect descriptor table at `table_gpa` (16 bytes per entry, entries
-    /// linked 0→1→…), posts one ring descriptor with `VRING_DESC_F_INDIRECT` pointing at it and
-    /// puts it on the available ring (unpublished). Returns the head, or `None` if `segs` is
-    /// empty or no descriptor is free.
-    pub fn add_indirect(&mut self, table_gpa: u64, segs: &[Segment]) -> Option<u16> {
+    pub(crate) fn add_indirect(&mut self, table_gpa: u64, segs: &[Segment]) -> Option<u16> {
         let n = segs.len();
         if n == 0 || n > u16::MAX as usize || self.free.is_empty() {
             return None;
@@ -426,18 +283,16 @@ impl DriverQueue {
             Descriptor::new(table_gpa, (16 * n) as u32, VRING_DESC_F_INDIRECT, 0),
         );
         self.chain_len[head as usize] = 1;
-        self.in_flight += 1;
         self.put_avail(head);
         Some(head)
     }
 
-    /// Entries put on the avail ring but not yet published.
-    pub fn unpublished(&self) -> u16 {
+    pub(crate) fn unpublished(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.published)
     }
 
-    /// Makes every added chain visible to the device: one `Release` store of `avail.idx`.
-    pub fn publish(&mut self) {
+    /// One `Release` store of `avail.idx` makes every added chain visible.
+    pub(crate) fn publish(&mut self) {
         if self.avail_idx != self.published {
             self.ram
                 .atomic_u16(self.avail_gpa + 2)
@@ -446,10 +301,9 @@ impl DriverQueue {
         }
     }
 
-    /// Whether the device wants a kick for what was published since the last kick decision
-    /// (`vring_need_event(avail_event, new, old)` under `EVENT_IDX`, otherwise the absence of
-    /// `VRING_USED_F_NO_NOTIFY`). Records the decision point: call once per batch.
-    pub fn kick_needed(&mut self) -> bool {
+    /// `vring_need_event(avail_event, new, old)` under `EVENT_IDX`, otherwise the absence of
+    /// `VRING_USED_F_NO_NOTIFY`, for what was published since the last decision.
+    pub(crate) fn kick_needed(&mut self, event_idx: bool) -> bool {
         let new = self.published;
         let old = self.kick_old;
         self.kick_old = new;
@@ -458,130 +312,72 @@ impl DriverQueue {
         }
         // Order the avail.idx store before reading the device's suppression fields.
         fence(Ordering::SeqCst);
-        if self.event_idx {
+        if event_idx {
             vring_need_event(self.avail_event(), new, old)
         } else {
             self.used_flags() & VRING_USED_F_NO_NOTIFY == 0
         }
     }
 
-    /// Publishes and kicks if the device asked for it. Returns whether it kicked.
-    pub fn notify(&mut self) -> io::Result<bool> {
-        self.publish();
-        if self.kick_needed() {
-            self.kick()?;
-            Ok(true)
-        } else {
-            Ok(false)
-        }
-    }
-
-    /// Kicks unconditionally (writes 1 to the kick eventfd). Everything published so far counts
-    /// as notified for the next [`DriverQueue::kick_needed`] decision.
-    pub fn kick(&mut self) -> io::Result<()> {
-        self.kick.write(1)?;
+    /// Everything published so far counts as notified.
+    pub(crate) fn mark_kicked(&mut self) {
         self.kick_old = self.published;
-        self.kicks += 1;
-        Ok(())
-    }
-
-    /// Kicks sent so far.
-    pub fn kicks(&self) -> u64 {
-        self.kicks
     }
 
     // ----- managed completion -----
 
-    /// Used entries the device published that the driver has not consumed yet.
-    pub fn pending_used(&mut self) -> u16 {
-        let pending = self.used_idx().wrapping_sub(self.last_used);
+    /// The used entry at `last_used` and how many entries `used.idx` published from there, or
+    /// `None` when there are none. A `used.idx` more than a ring ahead is an error.
+    pub(crate) fn next_used(&self) -> Result<Option<(UsedElem, u16)>, String> {
+        let used_idx = self.used_idx();
+        let pending = used_idx.wrapping_sub(self.last_used);
         if pending > self.size {
-            self.violation(format!(
-                "used.idx {} is {} entries ahead of the driver's last_used {} (ring size {})",
-                self.used_idx(),
-                pending,
-                self.last_used,
-                self.size
+            return Err(format!(
+                "used.idx {used_idx} is {pending} entries ahead of the driver's last_used {} \
+                 (ring size {})",
+                self.last_used, self.size
             ));
-            return 0;
         }
-        pending
+        Ok((pending > 0).then(|| (self.used_elem(self.last_used), pending)))
     }
 
-    /// The `n`-th pending used element (0 = next), without consuming it.
-    pub fn peek_used(&mut self, n: u16) -> Option<UsedElem> {
-        if n < self.pending_used() {
-            Some(self.used_elem(self.last_used.wrapping_add(n)))
-        } else {
-            None
-        }
+    /// Steps past used entries (`IN_ORDER`: one entry can stand for several chains).
+    pub(crate) fn consume(&mut self, entries: u16) {
+        self.last_used = self.last_used.wrapping_add(entries);
     }
 
-    /// Consumes the next used element and frees its chain. Returns `None` when nothing is
-    /// pending. A used id that is not an in-flight head is a violation (see `set_strict`); in
-    /// non-strict mode it is still returned.
-    pub fn pop_used(&mut self) -> Option<UsedElem> {
-        if self.pending_used() == 0 {
-            return None;
+    /// Frees the chain at `head`; false if it is not in flight.
+    pub(crate) fn release(&mut self, head: u32) -> bool {
+        if !self.is_in_flight(head) {
+            return false;
         }
-        let e = self.used_elem(self.last_used);
-        self.last_used = self.last_used.wrapping_add(1);
-        self.release(e.id);
-        Some(e)
-    }
-
-    fn release(&mut self, id: u32) {
-        if !self.is_in_flight(id) {
-            self.violation(format!(
-                "used id {id} is not the head of an in-flight chain"
-            ));
-            return;
-        }
-        let mut i = id as u16;
-        let n = std::mem::take(&mut self.chain_len[id as usize]);
+        let mut i = head as u16;
+        let n = std::mem::take(&mut self.chain_len[head as usize]);
         for k in 0..n {
             self.free.push(i);
             if k + 1 < n {
                 i = self.shadow[i as usize].next;
             }
         }
-        self.in_flight -= 1;
+        true
     }
 
-    /// The next used index the driver will consume.
-    pub fn last_used(&self) -> u16 {
+    pub(crate) fn last_used(&self) -> u16 {
         self.last_used
     }
 
-    // ----- interrupts -----
-
-    /// Asks the device for no interrupts (`used_event` parked half the index space away under
-    /// `EVENT_IDX`, `VRING_AVAIL_F_NO_INTERRUPT` otherwise) or for an interrupt on the next
-    /// used entry again. Suppression is a hint: devices may still interrupt.
-    pub fn set_interrupts_suppressed(&mut self, suppressed: bool) {
-        self.interrupts_suppressed = suppressed;
-        self.rearm_interrupts();
-    }
-
-    /// Whether interrupts are currently suppressed by the driver.
-    pub fn interrupts_suppressed(&self) -> bool {
-        self.interrupts_suppressed
-    }
-
-    /// Re-states the driver's interrupt wish after consuming used entries: `used_event =
-    /// last_used` (or parked, when suppressed) under `EVENT_IDX`, the avail flag otherwise.
-    /// Then fences and returns whether used entries are already pending, which the caller must
-    /// process since no interrupt will come for them.
-    pub fn rearm_interrupts(&mut self) -> bool {
-        if self.event_idx {
-            let ev = if self.interrupts_suppressed {
+    /// `used_event = last_used` (or parked, when suppressed) under `EVENT_IDX`, the avail flag
+    /// otherwise.
+    pub(crate) fn state_interrupt_wish(&mut self, event_idx: bool, suppressed: bool) {
+        if event_idx {
+            let ev = if suppressed {
                 self.last_used.wrapping_add(PARKED_USED_EVENT_DISTANCE)
             } else {
                 self.last_used
             };
             self.set_used_event(ev);
         } else {
-            let flags = if self.interrupts_suppressed {
+            let flags = if suppressed {
                 self.avail_flags | VRING_AVAIL_F_NO_INTERRUPT
             } else {
                 self.avail_flags & !VRING_AVAIL_F_NO_INTERRUPT
@@ -590,59 +386,32 @@ impl DriverQueue {
                 self.set_avail_flags(flags);
             }
         }
-        fence(Ordering::SeqCst);
-        self.pending_used() != 0
     }
 
-    /// Reads the call eventfd without blocking and adds what it held to the interrupt count.
-    /// Returns the total number of interrupts seen so far.
-    pub fn poll_interrupts(&mut self) -> u64 {
-        if let Ok(n) = self.call.read() {
-            self.interrupts += n;
-        }
-        self.interrupts
-    }
+    // ----- raw access (hostile tests; see `DriverQueue`) -----
 
-    /// Waits up to `timeout` for the call eventfd to become readable (`poll(2)`, no sleeping),
-    /// then accumulates it. Returns whether an interrupt arrived.
-    pub fn wait_interrupt(&mut self, timeout: Duration) -> io::Result<bool> {
-        let before = self.interrupts;
-        if poll_readable(self.call.as_raw_fd(), timeout)? {
-            self.poll_interrupts();
-        }
-        Ok(self.interrupts != before)
-    }
-
-    // ----- raw access (hostile tests) -----
-
-    /// Writes descriptor-table entry `index` (< size) directly. Bypasses all bookkeeping.
-    pub fn write_desc(&mut self, index: u16, d: Descriptor) {
+    pub(crate) fn write_desc(&mut self, index: u16, d: Descriptor) {
         assert!(index < self.size, "descriptor index {index} out of table");
         self.ram
             .write_obj(self.desc_gpa + 16 * index as u64, d.to_le());
     }
 
-    /// Reads descriptor-table entry `index` (< size) from memory.
-    pub fn read_desc(&self, index: u16) -> Descriptor {
+    pub(crate) fn read_desc(&self, index: u16) -> Descriptor {
         assert!(index < self.size, "descriptor index {index} out of table");
         Descriptor::from_le(self.ram.read_obj(self.desc_gpa + 16 * index as u64))
     }
 
-    /// Writes avail ring slot `slot % size` directly.
-    pub fn set_avail_entry(&mut self, slot: u16, head: u16) {
+    pub(crate) fn set_avail_entry(&mut self, slot: u16, head: u16) {
         let slot = slot % self.size;
         self.ram
             .write_obj(self.avail_gpa + 4 + 2 * slot as u64, head.to_le());
     }
 
-    /// Puts an arbitrary head (any value, even out of range) on the next avail slot without
-    /// any bookkeeping; publish with [`DriverQueue::notify`] or [`DriverQueue::publish`].
-    pub fn push_avail_raw(&mut self, head: u16) {
+    pub(crate) fn push_avail_raw(&mut self, head: u16) {
         self.put_avail(head);
     }
 
-    /// Stores `avail.idx = idx` (`Release`) directly; later managed posts continue from `idx`.
-    pub fn set_avail_idx(&mut self, idx: u16) {
+    pub(crate) fn set_avail_idx(&mut self, idx: u16) {
         self.ram
             .atomic_u16(self.avail_gpa + 2)
             .store(idx.to_le(), Ordering::Release);
@@ -650,8 +419,7 @@ impl DriverQueue {
         self.published = idx;
     }
 
-    /// `avail.idx` as currently in memory.
-    pub fn avail_idx(&self) -> u16 {
+    pub(crate) fn avail_idx(&self) -> u16 {
         u16::from_le(
             self.ram
                 .atomic_u16(self.avail_gpa + 2)
@@ -659,16 +427,14 @@ impl DriverQueue {
         )
     }
 
-    /// Writes `avail.flags`.
-    pub fn set_avail_flags(&mut self, flags: u16) {
+    pub(crate) fn set_avail_flags(&mut self, flags: u16) {
         self.avail_flags = flags;
         self.ram
             .atomic_u16(self.avail_gpa)
             .store(flags.to_le(), Ordering::Relaxed);
     }
 
-    /// `avail.flags` as currently in memory.
-    pub fn avail_flags(&self) -> u16 {
+    pub(crate) fn avail_flags(&self) -> u16 {
         u16::from_le(self.ram.atomic_u16(self.avail_gpa).load(Ordering::Relaxed))
     }
 
@@ -680,15 +446,13 @@ impl DriverQueue {
         self.used_gpa + 4 + 8 * self.size as u64
     }
 
-    /// Writes `used_event` (the avail ring's trailing field).
-    pub fn set_used_event(&mut self, val: u16) {
+    pub(crate) fn set_used_event(&mut self, val: u16) {
         self.ram
             .atomic_u16(self.used_event_gpa())
             .store(val.to_le(), Ordering::Relaxed);
     }
 
-    /// `used_event` as currently in memory.
-    pub fn used_event(&self) -> u16 {
+    pub(crate) fn used_event(&self) -> u16 {
         u16::from_le(
             self.ram
                 .atomic_u16(self.used_event_gpa())
@@ -696,8 +460,7 @@ impl DriverQueue {
         )
     }
 
-    /// `used.idx`, loaded with `Acquire` (used elements below it may then be read).
-    pub fn used_idx(&self) -> u16 {
+    pub(crate) fn used_idx(&self) -> u16 {
         u16::from_le(
             self.ram
                 .atomic_u16(self.used_gpa + 2)
@@ -705,13 +468,11 @@ impl DriverQueue {
         )
     }
 
-    /// `used.flags` as currently in memory.
-    pub fn used_flags(&self) -> u16 {
+    pub(crate) fn used_flags(&self) -> u16 {
         u16::from_le(self.ram.atomic_u16(self.used_gpa).load(Ordering::Relaxed))
     }
 
-    /// `avail_event` (the used ring's trailing field) as currently in memory.
-    pub fn avail_event(&self) -> u16 {
+    pub(crate) fn avail_event(&self) -> u16 {
         u16::from_le(
             self.ram
                 .atomic_u16(self.avail_event_gpa())
@@ -719,8 +480,7 @@ impl DriverQueue {
         )
     }
 
-    /// Used ring element at slot `slot % size` (load `used_idx` first to order the read).
-    pub fn used_elem(&self, slot: u16) -> UsedElem {
+    pub(crate) fn used_elem(&self, slot: u16) -> UsedElem {
         let gpa = self.used_gpa + 4 + 8 * (slot % self.size) as u64;
         UsedElem {
             id: u32::from_le(self.ram.read_obj::<u32>(gpa)),
@@ -728,53 +488,16 @@ impl DriverQueue {
         }
     }
 
-    /// Moves the driver's consumption point (raw; does not free anything).
-    pub fn set_last_used(&mut self, idx: u16) {
+    pub(crate) fn set_last_used(&mut self, idx: u16) {
         self.last_used = idx;
-    }
-}
-
-impl std::fmt::Debug for DriverQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DriverQueue")
-            .field("index", &self.index)
-            .field("size", &self.size)
-            .field("desc", &format_args!("{:#x}", self.desc_gpa))
-            .field("avail", &format_args!("{:#x}", self.avail_gpa))
-            .field("used", &format_args!("{:#x}", self.used_gpa))
-            .field("avail_idx", &self.avail_idx)
-            .field("last_used", &self.last_used)
-            .field("in_flight", &self.in_flight)
-            .finish()
-    }
-}
-
-/// `poll(2)` one fd for readability. Returns whether it is readable.
-pub(crate) fn poll_readable(fd: i32, timeout: Duration) -> io::Result<bool> {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // Round sub-millisecond waits up so a tiny positive timeout still waits.
-    let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r >= 0 {
-            return Ok(r > 0 && pfd.revents & libc::POLLIN != 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DriverQueue;
+    use std::time::Duration;
 
     fn queue(size: u16, event_idx: bool) -> DriverQueue {
         let ram = Arc::new(GuestRam::new(1 << 20, 0).unwrap());

@@ -1,5 +1,10 @@
 //! Shared set-up for the integration tests: an in-process vnic daemon on sockets in a fresh
 //! directory (frame builders come from `vnic_testdriver::frames`).
+//!
+//! The environment picks what the same tests exercise: `VNIC_TEST_POLL_CPUS=LIST` runs vnic in
+//! busy-poll mode (below); `VNIC_TEST_RING=packed` and `VNIC_TEST_IN_ORDER=1` make every test
+//! guest ack `VIRTIO_F_RING_PACKED` / `VIRTIO_F_IN_ORDER` and drive its rings accordingly (the
+//! defaults of `GuestOptions::ring` and `GuestOptions::in_order`; see `vnic_testdriver`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
