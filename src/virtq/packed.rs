@@ -132,6 +132,9 @@ pub struct PackedRing {
     driver_event: *const u16,
     /// Device event suppression, written by vnic.
     device_event: *mut u16,
+    /// What vnic last wrote there (flags, off_wrap): stored again only when it changes, as the
+    /// driver reads that line before every kick and a store per pass would take it away.
+    device_event_now: Option<(u16, u16)>,
     next_avail: Pos,
     /// Where `pop` last found no descriptor available, until a chain is popped there: what
     /// `arm_kicks` waits for (None: the avail position).
@@ -177,6 +180,7 @@ impl PackedRing {
             desc,
             driver_event,
             device_event,
+            device_event_now: None,
             next_avail: Pos::START,
             exhausted_at: None,
             broken: false,
@@ -411,13 +415,24 @@ impl PackedRing {
     }
 
     /// Starts loading the buffer of the descriptor `ahead` slots past the avail position, if
-    /// it is available (a hint, as for the split ring: nothing is popped).
+    /// it is available (a hint, as for the split ring: nothing is popped). Only when that
+    /// descriptor shares its cache line with the one just popped (four to a line): one on the
+    /// next line would be a load to wait for, the miss the hint is there to hide, so that line
+    /// is only asked for.
     #[inline]
     pub fn prefetch(&self, ahead: u16) {
-        if self.broken || ahead >= self.size() {
+        let size = self.size();
+        if self.broken || ahead >= size {
             return;
         }
-        if let Some(d) = self.avail_desc(self.next_avail.advance(ahead, self.size())) {
+        let p = self.next_avail.advance(ahead, size);
+        let last = (self.next_avail.slot + size - 1) % size;
+        if p.slot / 4 != last / 4 {
+            // SAFETY: p.slot < size: inside the mapped ring (a hint never faults anyway).
+            prefetch_line(unsafe { self.desc.add(16 * p.slot as usize) });
+            return;
+        }
+        if let Some(d) = self.avail_desc(p) {
             if let Some(host) = self.regions.host_range(d.addr, 1) {
                 prefetch_line(host);
             }
@@ -568,7 +583,11 @@ impl PackedRing {
         }
     }
 
-    fn set_device_event(&self, flags: u16, off_wrap: u16) {
+    fn set_device_event(&mut self, flags: u16, off_wrap: u16) {
+        if self.device_event_now == Some((flags, off_wrap)) {
+            return;
+        }
+        self.device_event_now = Some((flags, off_wrap));
         // SAFETY: inside the mapped 4-byte structure, 2-aligned.
         let field = |i| unsafe { AtomicU16::from_ptr(self.device_event.add(i)) };
         field(0).store(off_wrap.to_le(), Ordering::Relaxed);
